@@ -1,0 +1,32 @@
+"""Radiance fields: ``grid`` (default, dense voxel grids + small MLP) and ``vanilla`` (the classic NeRF MLP)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Literal
+
+import torch
+
+from privnerf.fields.base import RadianceField, SceneSpace
+from privnerf.fields.grid_field import GridField, GridFieldConfig
+from privnerf.fields.vanilla import VanillaField, VanillaFieldConfig
+
+
+@dataclass
+class FieldConfig:
+    kind: Literal["grid", "vanilla"] = "grid"
+    grid: GridFieldConfig = dc_field(default_factory=GridFieldConfig)
+    vanilla: VanillaFieldConfig = dc_field(default_factory=VanillaFieldConfig)
+
+
+def make_field(cfg: FieldConfig, aabb: torch.Tensor, contraction: bool, step_size: float) -> RadianceField:
+    if cfg.kind == "grid":
+        return GridField(cfg.grid, aabb, contraction, step_size)
+    if cfg.kind == "vanilla":
+        return VanillaField(cfg.vanilla, aabb, contraction)
+    raise ValueError(f"unknown field kind {cfg.kind!r}")
+
+
+__all__ = ["FieldConfig", "GridField", "GridFieldConfig", "RadianceField", "SceneSpace", "VanillaField",
+           "VanillaFieldConfig", "make_field"]

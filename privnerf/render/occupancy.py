@@ -1,0 +1,100 @@
+"""Occupancy grid for empty-space skipping (the idea of Instant-NGP / nerfacc's ``OccGridEstimator``).
+
+A coarse binary grid over the field's working box marks cells whose density could matter. The ray marcher
+(:mod:`privnerf.render.sampler`) emits samples only in occupied cells. Every few training steps the grid
+re-reads the field's density at jittered cell centres, keeps a decaying running maximum, and thresholds the
+opacity that density would give over one render step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class OccupancyGrid(nn.Module):
+    """Binary occupancy over ``box`` ``(2, 3)`` (in the field's working coordinates).
+
+    Cell ``(i, j, k)`` covers ``box[0] + [i, i+1) * cell_size`` along x, and so on.
+    """
+
+    def __init__(self, box: torch.Tensor, resolution: int = 128):
+        super().__init__()
+        self.register_buffer("box", torch.as_tensor(box, dtype=torch.float32).clone())
+        r = int(resolution)
+        self.register_buffer("density", torch.full((r, r, r), float("inf")))
+        self.register_buffer("binary", torch.ones((r, r, r), dtype=torch.uint8))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def resolution(self) -> int:
+        return self.binary.shape[0]
+
+    def cell_size(self) -> torch.Tensor:
+        return (self.box[1] - self.box[0]) / self.resolution
+
+    def query(self, xs: torch.Tensor) -> torch.Tensor:
+        """``(n, 3)`` points → ``(n,)`` bool, False outside the box."""
+        r = self.resolution
+        idx = ((xs - self.box[0]) / (self.box[1] - self.box[0]) * r).floor().long()
+        inside = ((idx >= 0) & (idx < r)).all(dim=-1)
+        idx = idx.clamp(0, r - 1)
+        return inside & self.binary[idx[:, 0], idx[:, 1], idx[:, 2]].bool()
+
+    @torch.no_grad()
+    def update(self, density_fn, step_size: float, threshold: float = 5e-3, decay: float = 0.9,
+               fraction: float = 1.0, chunk: int = 1 << 18) -> float:
+        """Refresh from ``density_fn`` (working-box points ``(n, 3)`` → ``(n,)``).
+
+        Args:
+            step_size: render step length, so the threshold is an opacity ``1 - exp(-sigma * step)``.
+            threshold: cells whose running-max opacity falls below this are skipped.
+            decay: running maximum decay per update (lets cells empty out as training removes floaters).
+            fraction: share of cells re-evaluated this time (random subset; 1.0 = all), for costly fields.
+        Returns:
+            the fraction of occupied cells.
+        """
+        r = self.resolution
+        n = r**3
+        device = self.box.device
+        if fraction >= 1.0:
+            cells = torch.arange(n, device=device)
+        else:
+            cells = torch.randperm(n, device=device)[: max(1, int(n * fraction))]
+        flat = self.density.view(-1)
+        if fraction >= 1.0:
+            corners = self._cell_corners()
+        for c in cells.split(chunk):
+            if fraction >= 1.0:
+                base = corners[c[0] : c[-1] + 1]
+            else:
+                base = self.box[0] + torch.stack([c // (r * r), (c // r) % r, c % r], dim=-1).float() * self.cell_size()
+            xs = base + torch.rand_like(base) * self.cell_size()
+            sigma = density_fn(xs).float()
+            old = flat[c]
+            old = torch.where(torch.isfinite(old), old * decay, torch.zeros_like(old))
+            flat[c] = torch.maximum(old, sigma)
+        self.updates += 1
+        alpha = 1.0 - torch.exp(-self.density.clamp(max=1e6) * step_size)
+        self.binary.copy_((alpha > threshold).to(torch.uint8))
+        return float(self.binary.float().mean())
+
+    def _cell_corners(self) -> torch.Tensor:
+        """``(r^3, 3)`` lower corners of all cells, cached (re-used by every full update)."""
+        cached = getattr(self, "_corners", None)
+        if cached is None or cached.shape[0] != self.resolution**3 or cached.device != self.box.device:
+            r = self.resolution
+            ax = torch.arange(r, dtype=torch.float32, device=self.box.device)
+            ijk = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), dim=-1).reshape(-1, 3)
+            cached = self.box[0] + ijk * self.cell_size()
+            self._corners = cached
+        return cached
+
+    def occupied_box(self, margin_cells: int = 2) -> torch.Tensor | None:
+        """Tight ``(2, 3)`` box around occupied cells (plus a margin), or ``None`` if nothing is occupied."""
+        nz = self.binary.nonzero()
+        if nz.numel() == 0:
+            return None
+        lo = (nz.min(0).values - margin_cells).clamp(min=0).float()
+        hi = (nz.max(0).values + 1 + margin_cells).clamp(max=self.resolution).float()
+        return torch.stack([self.box[0] + lo * self.cell_size(), self.box[0] + hi * self.cell_size()])

@@ -1,0 +1,112 @@
+"""Render rays and whole images from a field: march, (cull), shade, composite.
+
+Two passes when the field's density is cheap (grid fields): density at every marched sample without
+gradient gives the rendering weights; samples whose weight is below ``weight_threshold`` (empty space in
+front, or hidden behind a surface) are dropped, and only the rest are shaded with gradient. Dropped samples
+carry a weight below the threshold each, so the rendered colour changes by at most that much per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from privnerf.data.cameras import image_rays
+from privnerf.fields.base import RadianceField
+from privnerf.render.occupancy import OccupancyGrid
+from privnerf.render.sampler import Samples, march, march_culled
+from privnerf.render.volume import accumulate, composite, weights_from_density
+
+
+@dataclass
+class RenderSettings:
+    near: float
+    far: float
+    step: float
+    background: torch.Tensor  # (3,)
+    weight_threshold: float = 1e-4
+
+
+def render_rays(
+    field: RadianceField,
+    occ: OccupancyGrid,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    settings: RenderSettings,
+    jitter: bool = False,
+    background: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Render a batch of rays.
+
+    Args:
+        origins, dirs: ``(n, 3)``, unit directions.
+        background: optional per-ray ``(n, 3)`` background overriding ``settings.background``.
+    Returns:
+        ``rgb (n, 3)``, ``opacity (n,)``, ``depth (n,)`` (distance along the ray; ``inf`` where empty) and
+        ``num_samples`` (samples shaded, a 0-d tensor).
+    """
+    n = origins.shape[0]
+    s = march_culled(origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter,
+                     settings.weight_threshold)
+    if s is not None:
+        return shade(field, origins, dirs, s, settings, background)
+    s = march(origins, dirs, settings.near, settings.far, field.space, occ, settings.step, jitter)
+    if field.cheap_density and len(s) > 0:
+        with torch.no_grad():
+            pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
+            sigma = field.density(pts)
+            w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
+            s = s.select(w > settings.weight_threshold)
+    return shade(field, origins, dirs, s, settings, background)
+
+
+def shade(field, origins, dirs, s: Samples, settings: RenderSettings, background=None) -> dict[str, torch.Tensor]:
+    """Evaluate the field at the samples and composite (with gradient)."""
+    n = origins.shape[0]
+    pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
+    sigma, values = field(pts, dirs[s.ray_idx])
+    w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
+    opacity = accumulate(w, None, s.ray_idx, n)
+    color = field.finish(accumulate(w, values, s.ray_idx, n), opacity, dirs)
+    dist = accumulate(w, s.t[:, None], s.ray_idx, n)[:, 0]
+    depth = torch.where(opacity > 1e-3, dist / opacity.clamp(min=1e-10), torch.full_like(dist, float("inf")))
+    bg = settings.background if background is None else background
+    return {
+        "rgb": composite(color, opacity, bg.to(color)),
+        "opacity": opacity,
+        "depth": depth,
+        "num_samples": torch.tensor(len(s)),
+    }
+
+
+@torch.no_grad()
+def render_image(
+    field: RadianceField,
+    occ: OccupancyGrid,
+    c2w: torch.Tensor,
+    intrinsics: torch.Tensor,
+    h: int,
+    w: int,
+    settings: RenderSettings,
+    chunk: int = 16384,
+) -> dict[str, torch.Tensor]:
+    """Render one full image in chunks of rays.
+
+    Args:
+        c2w: ``(4, 4)``; intrinsics: ``(4,)``.
+    Returns:
+        ``rgb (h, w, 3)``, ``opacity (h, w)``, ``depth (h, w)`` (camera z-depth, ``inf`` where empty).
+    """
+    device = settings.background.device
+    origins, dirs, z_scale = image_rays(c2w.cpu(), intrinsics.cpu(), h, w)
+    origins, dirs, z_scale = origins.to(device), dirs.to(device), z_scale.to(device)
+    out = {"rgb": [], "opacity": [], "depth": []}
+    for i in range(0, origins.shape[0], chunk):
+        r = render_rays(field, occ, origins[i : i + chunk], dirs[i : i + chunk], settings)
+        for k in out:
+            out[k].append(r[k])
+    rgb = torch.cat(out["rgb"]).reshape(h, w, 3)
+    opacity = torch.cat(out["opacity"]).reshape(h, w)
+    depth = (torch.cat(out["depth"]) / z_scale).reshape(h, w)
+    return {"rgb": rgb.clamp(0, 1), "opacity": opacity, "depth": depth}

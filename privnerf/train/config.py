@@ -1,0 +1,102 @@
+"""Training configuration: nested dataclasses, exposed on the CLI by tyro (``--optim.batch-rays 8192``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Literal, Optional
+
+from privnerf.fields import FieldConfig
+
+
+@dataclass
+class RenderConfig:
+    step_ratio: float = 0.5
+    """Grid fields: render step as a fraction of the current voxel size."""
+    samples_per_ray: int = 192
+    """Other fields: render step = box diagonal / samples_per_ray."""
+    weight_threshold: float = 1e-4
+    """Samples with a smaller rendering weight are not shaded (see privnerf.render.renderer)."""
+    occ_resolution: int = 128
+    occ_threshold: float = 5e-3
+    """Occupancy cells whose opacity over one step stays below this are skipped."""
+    occ_update_every: int = 16
+    occ_fraction: float = 1.0
+    """Share of occupancy cells re-evaluated per update (lower it for costly fields)."""
+    chunk: int = 16384
+    """Rays per chunk when rendering full images."""
+
+
+@dataclass
+class OptimConfig:
+    batch_rays: int = 4096
+    lr_density: float = 0.1
+    lr_features: float = 0.1
+    lr_mlp: float = 1e-3
+    lr_final_factor: float = 0.1
+    """Learning rates decay exponentially to this factor at the end of training (by steps or time)."""
+    tv_weight: float = 0.0
+    """Total-variation weight on the density grid (applied every ``tv_every`` steps)."""
+    tv_every: int = 16
+
+
+@dataclass
+class TrainConfig:
+    data: str = "builtin"
+    """Dataset: 'builtin', a Blender/nerfstudio/LLFF directory, or a tiny-NeRF .npz."""
+    output: Optional[Path] = None
+    """Run directory (default outputs/<experiment>/<field>/<timestamp>)."""
+    experiment: str = "default"
+    steps: int = 20000
+    """Stop after this many steps..."""
+    max_time: Optional[float] = None
+    """...or after this many seconds of training (wall clock), whichever comes first; then evaluate."""
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    resume: bool = False
+    """Continue from the last checkpoint in --output."""
+    seed: int = 0
+    background: Optional[Literal["white", "black"]] = None
+    """Composite RGBA images on this colour (default: the dataset's convention)."""
+    eval_split: str = "test"
+    eval_max_images: Optional[int] = None
+    """Evaluate on the first N views of the split only (default: all)."""
+    eval_every_s: Optional[float] = None
+    """Also evaluate (quietly, on eval_curve_images views) every this many training seconds: a PSNR-vs-time curve."""
+    eval_curve_images: int = 4
+    checkpoint_every_s: float = 120.0
+    render_video: bool = False
+    """Render an orbit video at the end (the demo does)."""
+    threads: Optional[int] = None
+    """Torch CPU threads (default: the number of cores)."""
+    field: FieldConfig = dc_field(default_factory=FieldConfig)
+    render: RenderConfig = dc_field(default_factory=RenderConfig)
+    optim: OptimConfig = dc_field(default_factory=OptimConfig)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """Inverse of :func:`privnerf.train.trainer.config_to_dict` (unknown keys are an error)."""
+    import dataclasses
+    import typing
+
+    def build(cls, values):
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            v = values[f.name]
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                v = build(t, v)
+            elif f.name == "output" and v is not None:
+                v = Path(v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            kwargs[f.name] = v
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+        return cls(**kwargs)
+
+    return build(TrainConfig, d)

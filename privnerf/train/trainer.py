@@ -1,0 +1,338 @@
+"""The one training loop.
+
+:class:`Trainer` owns a field, its occupancy grid and optimizers. :meth:`Trainer.step` is the single
+training step: centralized training calls :meth:`Trainer.train`, which loops over it with a stop rule
+(steps or wall clock), a progress bar, and atomic checkpoints; protocol layers (federated clients, split
+learning) call :meth:`Trainer.step` for their local work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from privnerf.data.scene import Scene
+from privnerf.fields import make_field
+from privnerf.fields.grid_field import GridField
+from privnerf.render.occupancy import OccupancyGrid
+from privnerf.render.renderer import RenderSettings, render_rays
+from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
+from privnerf.train.config import TrainConfig
+from privnerf.train.optim import GridAdam
+from privnerf.train.rays import PixelSampler
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> int:
+    if threads:
+        n = threads
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+def config_to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+class Trainer:
+    """Train a field on one scene.
+
+    Args:
+        cfg: the training configuration.
+        scene: the training split.
+        run_dir: where checkpoints, renders and results go.
+    """
+
+    def __init__(self, cfg: TrainConfig, scene: Scene, run_dir: Path | None = None):
+        self.cfg = cfg
+        self.scene = scene
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        aabb = torch.from_numpy(scene.aabb).float()
+        contraction = scene.scene_type != "bounded"
+        self.near, self.far = float(scene.near), float(scene.far)
+        bg = scene.background if scene.background is not None else (0.0, 0.0, 0.0)
+        self.background = torch.tensor(bg, dtype=torch.float32, device=self.device)
+        step0 = self._initial_step(aabb, contraction)
+        self.field = make_field(cfg.field, aabb, contraction, step0).to(self.device)
+        self.occ = OccupancyGrid(self.field.space.box, cfg.render.occ_resolution).to(self.device)
+        self._pixels: PixelSampler | None = None
+        self._build_optimizers()
+        self.step_count = 0
+        self.train_time = 0.0
+        self.last_stats: dict[str, float] = {}
+        self.curve: list[dict[str, float]] = []
+
+    @property
+    def pixels(self) -> PixelSampler:
+        """Training pixels, gathered on first use (inference from a checkpoint never needs them)."""
+        if self._pixels is None:
+            self._pixels = PixelSampler(self.scene, self.device)
+        return self._pixels
+
+    # -- setup --------------------------------------------------------------------------------------
+    def _initial_step(self, aabb: torch.Tensor, contraction: bool) -> float:
+        if self.cfg.field.kind == "grid":
+            from privnerf.fields.grid_field import resolution_for
+
+            box = torch.tensor([[-2.0] * 3, [2.0] * 3]) if contraction else aabb
+            res = resolution_for(box, self.cfg.field.grid.num_voxels_start)
+            return self._world_step(float(((box[1] - box[0]) / (torch.tensor(res) - 1)).mean()), aabb, contraction)
+        return float((aabb[1] - aabb[0]).norm()) / self.cfg.render.samples_per_ray
+
+    def _world_step(self, voxel: float, aabb: torch.Tensor, contraction: bool) -> float:
+        # in a contracted scene the inner box [-1, 1]^3 spans the scene aabb
+        scale = float(((aabb[1] - aabb[0]) / 2).mean()) if contraction else 1.0
+        return self.cfg.render.step_ratio * voxel * scale
+
+    @property
+    def render_step(self) -> float:
+        if isinstance(self.field, GridField):
+            g = self.field.density_grid
+            voxel = float(((g.aabb[1] - g.aabb[0]) / (torch.tensor(g.resolution, device=g.aabb.device) - 1)).mean())
+            return self._world_step(voxel, self.field.space.aabb, self.field.space.contraction)
+        return float((self.field.space.aabb[1] - self.field.space.aabb[0]).norm()) / self.cfg.render.samples_per_ray
+
+    def settings(self) -> RenderSettings:
+        return RenderSettings(self.near, self.far, self.render_step, self.background, self.cfg.render.weight_threshold)
+
+    def _build_optimizers(self) -> None:
+        o = self.cfg.optim
+        grids = self.field.grids()
+        grid_params = {id(g.data) for g in grids}
+        if grids:
+            lrs = [o.lr_density if i == 0 else o.lr_features for i in range(len(grids))]
+            self.grid_opt: GridAdam | None = GridAdam(grids, lrs)
+        else:
+            self.grid_opt = None
+        mlp_params = [p for p in self.field.parameters() if id(p) not in grid_params]
+        # Grids on the dense path (CUDA) get their .grad from autograd; GridAdam handles both paths.
+        lr = o.lr_mlp if grids else 5e-4
+        self.mlp_opt = torch.optim.Adam(mlp_params, lr=lr, betas=(0.9, 0.99), eps=1e-15 if grids else 1e-8)
+        self.base_mlp_lr = lr
+
+    # -- the training step ---------------------------------------------------------------------------
+    def progress(self) -> float:
+        p = self.step_count / max(self.cfg.steps, 1)
+        if self.cfg.max_time:
+            p = max(p, self.train_time / self.cfg.max_time)
+        return min(p, 1.0)
+
+    def lr_scale(self) -> float:
+        return self.cfg.optim.lr_final_factor ** self.progress()
+
+    def maintenance(self) -> None:
+        """Occupancy refresh and grid growth, on their schedules."""
+        r = self.cfg.render
+        if self.step_count % r.occ_update_every == 0:
+            self.occ.update(self.field.density_space, self.render_step, r.occ_threshold, fraction=r.occ_fraction)
+        if isinstance(self.field, GridField) and self.field.pending_growth(self.progress()):
+            box = None
+            if int(self.field.grow_count) == 0 and not self.field.space.contraction:
+                box = self.occ.occupied_box(margin_cells=2)
+            self.field.grow(box)
+            if self.grid_opt is not None:
+                self.grid_opt.reset()
+            # New step length: re-threshold occupancy with it.
+            self.occ.update(self.field.density_space, self.render_step, r.occ_threshold, fraction=r.occ_fraction)
+
+    def step(self, batch=None) -> dict[str, float]:
+        """One optimisation step on a batch of rays ``(origins, dirs, rgb)`` (sampled if not given)."""
+        self.maintenance()
+        if batch is None:
+            batch = self.pixels.sample(self.cfg.optim.batch_rays, self.generator)
+        origins, dirs, target = batch
+        out = render_rays(self.field, self.occ, origins, dirs, self.settings(), jitter=True)
+        mse = torch.mean((out["rgb"] - target) ** 2)
+        loss = mse
+        o = self.cfg.optim
+        if o.tv_weight > 0 and isinstance(self.field, GridField) and self.step_count % o.tv_every == 0:
+            loss = loss + o.tv_weight * self.field.density_grid.total_variation()
+        self.mlp_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        scale = self.lr_scale()
+        for g in self.mlp_opt.param_groups:
+            g["lr"] = self.base_mlp_lr * scale
+        self.mlp_opt.step()
+        if self.grid_opt is not None:
+            self.grid_opt.step(scale)
+        self.step_count += 1
+        m = float(mse.detach())
+        return {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(m, 1e-10)),
+                "samples": float(out["num_samples"]), "rays": float(origins.shape[0])}
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def done(self) -> bool:
+        if self.step_count >= self.cfg.steps:
+            return True
+        return bool(self.cfg.max_time and self.train_time >= self.cfg.max_time)
+
+    def train(self, eval_fn=None, quiet: bool = False) -> dict[str, float]:
+        """Run steps until the stop rule; checkpoints every ``checkpoint_every_s`` seconds and at the end.
+
+        ``eval_fn(trainer)`` (optional) is called every ``eval_every_s`` training seconds; its dict is
+        appended to :attr:`curve` with the time and step.
+        """
+        cfg = self.cfg
+        total = cfg.steps
+        bar = tqdm(total=total, initial=self.step_count, disable=quiet, dynamic_ncols=True, desc="train")
+        last_ckpt = time.perf_counter()
+        next_eval = (len(self.curve) + 1) * cfg.eval_every_s if cfg.eval_every_s else None
+        rays = samples = 0.0
+        window_t = 0.0
+        stats: dict[str, float] = {}
+        while not self.done():
+            t0 = time.perf_counter()
+            stats = self.step()
+            dt = time.perf_counter() - t0
+            self.train_time += dt
+            rays += stats["rays"]
+            samples += stats["samples"]
+            window_t += dt
+            if self.step_count % 10 == 0 or self.done():
+                bar.set_postfix(psnr=f"{stats['psnr']:.2f}", rays_s=f"{rays / window_t:,.0f}",
+                                samples_s=f"{samples / window_t:,.0f}", t=f"{self.train_time:.0f}s")
+                self.last_stats = {"rays_per_s": rays / window_t, "samples_per_s": samples / window_t, **stats}
+            bar.update(1)
+            if next_eval is not None and self.train_time >= next_eval and eval_fn is not None:
+                point = eval_fn(self)
+                self.curve.append({"time_s": self.train_time, "step": self.step_count, **point})
+                bar.write(f"[eval] t={self.train_time:.0f}s step={self.step_count} " +
+                          " ".join(f"{k}={v:.3f}" for k, v in point.items() if isinstance(v, float)))
+                next_eval += cfg.eval_every_s
+            if self.run_dir is not None and time.perf_counter() - last_ckpt > cfg.checkpoint_every_s:
+                self.save_checkpoint()
+                last_ckpt = time.perf_counter()
+        bar.close()
+        if self.run_dir is not None:
+            self.save_checkpoint()
+        return self.last_stats
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": config_to_dict(self.cfg),
+            "step": self.step_count,
+            "train_time": self.train_time,
+            "field": self.field.state_dict(),
+            "grid_shapes": [tuple(g.data.shape) for g in self.field.grids()],
+            "grid_boxes": [g.aabb.cpu() for g in self.field.grids()],
+            "occ": self.occ.state_dict(),
+            "mlp_opt": self.mlp_opt.state_dict(),
+            "grid_opt": self.grid_opt.state_dict() if self.grid_opt else None,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "curve": self.curve,
+            "scene_info": scene_info(self.scene),
+        }
+
+    def save_checkpoint(self) -> Path:
+        assert self.run_dir is not None
+        path = self.run_dir / "checkpoints" / "last.pt"
+        atomic_torch_save(self.state(), path)
+        return path
+
+    def load_state(self, st: dict[str, Any], with_optim: bool = True) -> None:
+        for g, shape, box in zip(self.field.grids(), st["grid_shapes"], st["grid_boxes"]):
+            if tuple(g.data.shape) != tuple(shape):
+                g.data = torch.nn.Parameter(torch.zeros(shape, device=g.data.device))
+            g.aabb.copy_(box)
+        self.field.load_state_dict(st["field"])
+        self.occ.load_state_dict(st["occ"])
+        self.step_count = int(st["step"])
+        self.train_time = float(st["train_time"])
+        self.curve = list(st.get("curve", []))
+        if with_optim:
+            self._build_optimizers()
+            self.mlp_opt.load_state_dict(st["mlp_opt"])
+            if self.grid_opt is not None and st["grid_opt"] is not None:
+                self.grid_opt.load_state_dict(st["grid_opt"])
+            self.generator.set_state(st["generator"])
+            torch.set_rng_state(st["torch_rng"])
+
+    def load_checkpoint(self, path: Path, with_optim: bool = True) -> None:
+        st = torch.load(path, map_location=self.device, weights_only=False)
+        self.load_state(st, with_optim)
+
+
+def scene_info(scene: Scene) -> dict[str, Any]:
+    """What inference needs from the training scene (bounds, cameras), without the images."""
+    return {
+        "aabb": scene.aabb.tolist(), "near": scene.near, "far": scene.far, "scene_type": scene.scene_type,
+        "background": scene.background, "c2w": scene.c2w.tolist(), "intrinsics": scene.intrinsics.tolist(),
+        "hw": [list(scene.hw(i)) for i in range(scene.num_views)], "names": scene.names,
+    }
+
+
+def scene_from_info(info: dict[str, Any]) -> Scene:
+    """A camera-only Scene (zero-cost placeholder images) rebuilt from :func:`scene_info`."""
+    blank = np.zeros(3, dtype=np.float32)
+    return Scene(
+        images=[np.broadcast_to(blank, (h, w, 3)) for h, w in info["hw"]],
+        c2w=np.asarray(info["c2w"], dtype=np.float32), intrinsics=np.asarray(info["intrinsics"], dtype=np.float32),
+        near=info["near"], far=info["far"], aabb=np.asarray(info["aabb"], dtype=np.float32),
+        scene_type=info["scene_type"], background=None if info["background"] is None else tuple(info["background"]),
+        names=list(info["names"]),
+    )
+
+
+def trainer_from_checkpoint(run_dir: Path, device: str = "cpu") -> Trainer:
+    """Rebuild a trainer (field, occupancy grid, settings) from ``run_dir/checkpoints/last.pt`` for inference."""
+    from privnerf.train.config import config_from_dict
+
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint (is {run_dir} a privnerf run directory?)")
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(st["config"])
+    cfg.device = device
+    trainer = Trainer(cfg, scene_from_info(st["scene_info"]), Path(run_dir))
+    trainer.load_state({k: v for k, v in st.items()}, with_optim=False)
+    return trainer
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "results.json"
+    atomic_write_text(path, json.dumps(results, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
