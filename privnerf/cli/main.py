@@ -1,0 +1,62 @@
+"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``data``.
+
+``privnerf train`` takes every field of :class:`privnerf.train.config.TrainConfig` as a flag (nested ones
+as ``--field.grid.num-voxels``); ``privnerf train --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from privnerf.data.errors import SceneError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    commands = {
+        "train": ("train a NeRF on one scene", "privnerf.cli.train"),
+        "eval": ("evaluate a run directory on a split", "privnerf.cli.evaluate"),
+        "render": ("render an orbit video or a split's views from a run", "privnerf.cli.render"),
+        "data": ("dataset tools: export the built-in scene", "privnerf.cli.data"),
+    }
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: privnerf {train,eval,render,data} [options]\n")
+        for name, (desc, _) in commands.items():
+            print(f"  {name:8s} {desc}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    import importlib
+
+    module = importlib.import_module(commands[argv[0]][1])
+    try:
+        return int(module.run(argv[1:]) or 0)
+    except SceneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def resolve_run_dir(path: Path) -> Path:
+    path = Path(path)
+    if (path / "checkpoints" / "last.pt").exists():
+        return path
+    raise FileNotFoundError(f"{path}: no checkpoints/last.pt (is this a privnerf run directory?)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
