@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except SceneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise
         print(f"error: {exc}", file=sys.stderr)

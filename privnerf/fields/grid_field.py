@@ -36,12 +36,16 @@ def resolution_for(aabb: torch.Tensor, num_voxels: int) -> tuple[int, int, int]:
 
 @dataclass
 class GridFieldConfig:
-    num_voxels: int = 160**3
+    num_voxels: int = 192**3
     """Voxels at the end of training."""
     num_voxels_start: int = 64**3
     """Voxels at the start; the grid grows geometrically to ``num_voxels`` at the ``grow_at`` points."""
     grow_at: tuple[float, ...] = (0.05, 0.12, 0.2, 0.3)
-    """Training progress fractions at which the grid grows (the first also shrinks the box to the content)."""
+    """Training progress fractions at which the grid grows."""
+    shrink_at_growth: int = 2
+    """At this growth stage (1-based; 0 = never) the box shrinks to the content seen by the occupancy grid."""
+    shrink_min_alpha: float = 0.05
+    """Opacity over one render step that counts as content when shrinking the box."""
     feature_dim: int = 12
     mlp_width: int = 64
     mlp_depth: int = 2

@@ -159,8 +159,8 @@ class Trainer:
             self.occ.update(self.field.density_space, self.render_step, r.occ_threshold, fraction=r.occ_fraction)
         if isinstance(self.field, GridField) and self.field.pending_growth(self.progress()):
             box = None
-            if int(self.field.grow_count) == 0 and not self.field.space.contraction:
-                box = self.occ.occupied_box(margin_cells=2)
+            if int(self.field.grow_count) + 1 == self.field.cfg.shrink_at_growth and not self.field.space.contraction:
+                box = self.occ.occupied_box(self.render_step, self.field.cfg.shrink_min_alpha)
             self.field.grow(box)
             if self.grid_opt is not None:
                 self.grid_opt.reset()
