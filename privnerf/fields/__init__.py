@@ -20,9 +20,11 @@ class FieldConfig:
     vanilla: VanillaFieldConfig = dc_field(default_factory=VanillaFieldConfig)
 
 
-def make_field(cfg: FieldConfig, aabb: torch.Tensor, contraction: bool, step_size: float) -> RadianceField:
+def make_field(cfg: FieldConfig, aabb: torch.Tensor, contraction: bool, step_size: float,
+               pixel_footprint: float | None = None) -> RadianceField:
+    """Build the configured field; ``pixel_footprint`` (world size of a pixel at the scene centre) sizes grids."""
     if cfg.kind == "grid":
-        return GridField(cfg.grid, aabb, contraction, step_size)
+        return GridField(cfg.grid, aabb, contraction, step_size, pixel_footprint)
     if cfg.kind == "vanilla":
         return VanillaField(cfg.vanilla, aabb, contraction)
     raise ValueError(f"unknown field kind {cfg.kind!r}")

@@ -36,8 +36,11 @@ def resolution_for(aabb: torch.Tensor, num_voxels: int) -> tuple[int, int, int]:
 
 @dataclass
 class GridFieldConfig:
-    num_voxels: int = 192**3
-    """Voxels at the end of training."""
+    num_voxels: int = 0
+    """Voxels at the end of training; 0 = automatic: voxels of ``voxel_pixels`` pixel footprints at the
+    scene centre (camera distance / focal), in the box as it is at each growth stage, at most ``max_voxels``."""
+    voxel_pixels: float = 1.3
+    max_voxels: int = 256**3
     num_voxels_start: int = 64**3
     """Voxels at the start; the grid grows geometrically to ``num_voxels`` at the ``grow_at`` points."""
     grow_at: tuple[float, ...] = (0.05, 0.12, 0.2, 0.3)
@@ -55,9 +58,11 @@ class GridFieldConfig:
 
 
 class GridField(RadianceField):
-    def __init__(self, cfg: GridFieldConfig, aabb: torch.Tensor, contraction: bool, step_size: float):
+    def __init__(self, cfg: GridFieldConfig, aabb: torch.Tensor, contraction: bool, step_size: float,
+                 pixel_footprint: float | None = None):
         super().__init__()
         self.cfg = cfg
+        self.pixel_footprint = pixel_footprint
         self.space = SceneSpace(aabb, contraction)
         box = self.space.box
         res = resolution_for(box, cfg.num_voxels_start)
@@ -101,9 +106,19 @@ class GridField(RadianceField):
         return composited[:, :3] + opacity[:, None] * self.rgb_net(h)
 
     # -- progressive growth ---------------------------------------------------------------------------
-    def target_voxels(self, stage: int) -> int:
+    def final_voxels(self, box: torch.Tensor) -> int:
+        if self.cfg.num_voxels > 0:
+            return self.cfg.num_voxels
+        if not self.pixel_footprint or self.space.contraction:
+            return min(160**3, self.cfg.max_voxels)
+        size = self.cfg.voxel_pixels * self.pixel_footprint
+        volume = float((box[1] - box[0]).prod())
+        return int(min(max(volume / size**3, self.cfg.num_voxels_start), self.cfg.max_voxels))
+
+    def target_voxels(self, stage: int, box: torch.Tensor) -> int:
         n = len(self.cfg.grow_at)
-        ratio = (self.cfg.num_voxels / self.cfg.num_voxels_start) ** (stage / max(n, 1))
+        final = self.final_voxels(box)
+        ratio = (final / self.cfg.num_voxels_start) ** (stage / max(n, 1))
         return int(self.cfg.num_voxels_start * ratio)
 
     def pending_growth(self, progress: float) -> bool:
@@ -115,7 +130,7 @@ class GridField(RadianceField):
         """Advance one growth stage; ``box`` (in the grid's space) replaces the grid's box if given."""
         self.grow_count += 1
         box = self.density_grid.aabb if box is None else box
-        res = resolution_for(box, self.target_voxels(int(self.grow_count)))
+        res = resolution_for(box, self.target_voxels(int(self.grow_count), box))
         for g in self.grids():
             g.resample(res, box)
 

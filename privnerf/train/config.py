@@ -22,6 +22,8 @@ class RenderConfig:
     occ_threshold: float = 5e-3
     """Occupancy cells whose opacity over one step stays below this are skipped."""
     occ_update_every: int = 16
+    occ_warmup_steps: int = 48
+    """Refresh the occupancy grid every step before this step."""
     occ_fraction: float = 1.0
     """Share of occupancy cells re-evaluated per update (lower it for costly fields)."""
     chunk: int = 16384

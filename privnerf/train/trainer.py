@@ -34,6 +34,14 @@ from privnerf.train.rays import PixelSampler
 log = logging.getLogger(__name__)
 
 
+def pixel_footprint(scene: Scene) -> float:
+    """World size of one pixel at the scene centre: median over views of camera distance / focal."""
+    centre = (scene.aabb[0] + scene.aabb[1]) / 2
+    dist = np.linalg.norm(scene.c2w[:, :3, 3] - centre, axis=1)
+    focal = scene.intrinsics[:, :2].mean(axis=1)
+    return float(np.median(dist / focal))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,7 +93,10 @@ class Trainer:
         bg = scene.background if scene.background is not None else (0.0, 0.0, 0.0)
         self.background = torch.tensor(bg, dtype=torch.float32, device=self.device)
         step0 = self._initial_step(aabb, contraction)
-        self.field = make_field(cfg.field, aabb, contraction, step0).to(self.device)
+        # Occupancy thresholds are opacities over this fixed reference step, i.e. a fixed density: measured
+        # over the current (shrinking) render step, growth would push every cell under the threshold.
+        self.occ_step = step0
+        self.field = make_field(cfg.field, aabb, contraction, step0, pixel_footprint(scene)).to(self.device)
         self.occ = OccupancyGrid(self.field.space.box, cfg.render.occ_resolution).to(self.device)
         self._pixels: PixelSampler | None = None
         self._build_optimizers()
@@ -155,17 +166,19 @@ class Trainer:
     def maintenance(self) -> None:
         """Occupancy refresh and grid growth, on their schedules."""
         r = self.cfg.render
-        if self.step_count % r.occ_update_every == 0:
-            self.occ.update(self.field.density_space, self.render_step, r.occ_threshold, fraction=r.occ_fraction)
-        if isinstance(self.field, GridField) and self.field.pending_growth(self.progress()):
+        # Early on, empty space falls below the threshold within ~10 Adam steps; refreshing every step then
+        # keeps the first steps (which start with the whole box occupied) from costing seconds each.
+        if self.step_count % r.occ_update_every == 0 or self.step_count < r.occ_warmup_steps:
+            self.occ.update(self.field.density_space, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+        warm = self.step_count >= r.occ_warmup_steps
+        if isinstance(self.field, GridField) and warm and self.field.pending_growth(self.progress()):
             box = None
             if int(self.field.grow_count) + 1 == self.field.cfg.shrink_at_growth and not self.field.space.contraction:
-                box = self.occ.occupied_box(self.render_step, self.field.cfg.shrink_min_alpha)
+                box = self.occ.occupied_box(self.occ_step, self.field.cfg.shrink_min_alpha)
             self.field.grow(box)
             if self.grid_opt is not None:
                 self.grid_opt.reset()
-            # New step length: re-threshold occupancy with it.
-            self.occ.update(self.field.density_space, self.render_step, r.occ_threshold, fraction=r.occ_fraction)
+            self.occ.update(self.field.density_space, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
 
     def step(self, batch=None) -> dict[str, float]:
         """One optimisation step on a batch of rays ``(origins, dirs, rgb)`` (sampled if not given)."""
