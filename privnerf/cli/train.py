@@ -80,6 +80,7 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
         "device": str(trainer.device),
         "threads": threads,
         "curve": trainer.curve,
+        "curve_images": cfg.eval_curve_images,
         "per_image": metrics["per_image"],
     }
     if cfg.render_video:
@@ -93,6 +94,8 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
               f"on {results['num_images']} {cfg.eval_split} views after {trainer.step_count} steps "
               f"({trainer.train_time:.0f}s)")
         print(f"results: {path}\nrenders: {run_dir / 'renders'}")
+        if "video" in results:
+            print(f"video:   {results['video']}")
     return results
 
 

@@ -1,41 +1,26 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then rename over the old one."""
+"""Atomic checkpoints: serialise in memory, then write a temporary file beside the target and rename it.
+
+The atomic writers themselves live in :mod:`privnerf.data.io`; this module adds the torch-specific part.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from privnerf.data.io import atomic_write_bytes, atomic_write_text
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["atomic_torch_save", "atomic_write_text", "latest_checkpoint"]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` that never leaves a half-written file: a crash keeps the previous checkpoint intact."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

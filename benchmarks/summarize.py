@@ -1,0 +1,109 @@
+"""Tables (markdown, to stdout) and a PSNR-vs-time plot from ``benchmarks/results/*.json``.
+
+BENCHMARKS.md quotes this output; nothing there is typed by hand from elsewhere.
+Usage: ``python benchmarks/summarize.py`` → prints markdown, writes ``benchmarks/results/engine-psnr-vs-time.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fmt(v, nd=2):
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def first_time_reaching(curve: list[dict], psnr: float):
+    for p in curve:
+        if p["psnr"] >= psnr:
+            return p["time_s"]
+    return None
+
+
+def engine_tables() -> list[str]:
+    out = []
+    for name in ("tiny-lego", "lego400"):
+        path = RESULTS / f"engine-{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        s, g, v = r["summary"], r["runs"]["grid"], r["runs"]["vanilla"]
+        out.append(f"### {name}  ({r['data']}; started {r['started']}; commit {r['commit']}; `{r['command']}`)\n")
+        out.append(f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}.\n")
+        out.append("| field | train s | steps | test views | PSNR | SSIM | LPIPS | rays/s | samples/s | render s/frame |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for label, run in (("grid (ours)", g), ("vanilla 8x256 MLP", v)):
+            out.append(f"| {label} | {run['train_time_s']:.0f} | {run['steps']} | {run['num_images']} | "
+                       f"{fmt(run['psnr'])} | {fmt(run['ssim'], 4)} | {fmt(run['lpips'], 4)} | "
+                       f"{run['rays_per_s']:,.0f} | {run['samples_per_s']:,.0f} | {run['render_time_per_image_s']:.2f} |")
+        if s["vanilla_views"] != s["grid_views"]:
+            out.append(f"\nOn the {s['vanilla_views']} views the MLP was scored on, the grid field scores "
+                       f"{s['grid_psnr_on_vanilla_views']:.2f} dB.")
+        curve = g.get("curve", [])
+        if curve:
+            pts = ", ".join(f"{p['time_s']:.0f}s {p['psnr']:.2f}" for p in curve)
+            out.append(f"\nGrid PSNR-vs-time (first {g.get('curve_images', 4)} test views): {pts}")
+            for target in (22.69, 28.0, 30.0):
+                t = first_time_reaching(curve, target)
+                out.append(f"- first curve point at or above {target} dB: {'not reached' if t is None else f'{t:.0f} s'}")
+        out.append("")
+    return out
+
+
+def field_ops_table() -> list[str]:
+    path = RESULTS / "field-ops.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    out = [f"### Field choice ({r['date']}, {r['threads']} threads, torch {r['torch']}, {r['points']:,} points, "
+           f"`{r['command']}`)\n", "| encoding | fwd+bwd ms | ns/point | optimizer ms | params | note |",
+           "|---|---|---|---|---|---|"]
+    for name, row in r["results"].items():
+        out.append(f"| {name} | {row['fwd_bwd_ms']:.1f} | {row['ns_per_point']:.0f} | "
+                   f"{fmt(row['optimizer_ms'], 1)} | {row['params'] / 1e6:.1f}M | {row['note']} |")
+    return out + [""]
+
+
+def plot() -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cases = [n for n in ("tiny-lego", "lego400") if (RESULTS / f"engine-{n}.json").exists()]
+    if not cases:
+        return None
+    fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4), squeeze=False)
+    for ax, name in zip(axes[0], cases):
+        r = json.loads((RESULTS / f"engine-{name}.json").read_text())
+        for label, run, style in (("grid (ours)", r["runs"]["grid"], "o-"), ("vanilla MLP", r["runs"]["vanilla"], "s--")):
+            c = run.get("curve") or []
+            xs = [p["time_s"] for p in c] + [run["train_time_s"]]
+            ys = [p["psnr"] for p in c] + [run["psnr"]]
+            ax.plot(xs, ys, style, label=f"{label} (final {run['psnr']:.2f} dB)", markersize=3)
+        if name == "lego400":
+            ax.axhline(22.69, color="gray", ls=":", label="nerfacto CPU, 20 min: 22.69 dB")
+            ax.axhline(30.0, color="red", ls=":", label="target 30 dB @ 20 min")
+        else:
+            ax.axhline(28.0, color="red", ls=":", label="target 28 dB @ 3 min")
+        ax.set_title(f"{name}: test PSNR vs training time (2 CPU cores)")
+        ax.set_xlabel("training wall-clock (s)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = RESULTS / "engine-psnr-vs-time.png"
+    fig.savefig(out, dpi=90)
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(engine_tables() + field_ops_table()))
+    p = plot()
+    if p:
+        print(f"plot: {p}")
