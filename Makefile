@@ -30,7 +30,9 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
+	$(BIN)/python benchmarks/field_ops.py
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/summarize.py
 
 clean:
 	rm -rf outputs .pytest_cache

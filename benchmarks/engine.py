@@ -71,9 +71,10 @@ def vanilla_config(data: str, max_time: float, out: Path, **kw) -> TrainConfig:
 
 
 def run_case(name: str, data: str, seconds: float, eval_grid: int | None, eval_vanilla: int | None,
-             curve_every: float, vanilla_curve: bool, out_root: Path, background=None) -> dict:
+             curve_every: float, vanilla_curve: bool, out_root: Path, background=None, fields=("grid", "vanilla")) -> dict:
     rows = {}
-    for field, make in (("grid", grid_config), ("vanilla", vanilla_config)):
+    makers = {"grid": grid_config, "vanilla": vanilla_config}
+    for field, make in ((f, makers[f]) for f in fields):
         out = out_root / name / field
         if out.exists():
             import shutil
@@ -87,6 +88,11 @@ def run_case(name: str, data: str, seconds: float, eval_grid: int | None, eval_v
         res = train_and_evaluate(cfg)
         res["wall_s"] = time.perf_counter() - t0
         rows[field] = res
+    if "vanilla" not in rows:  # grid-only check run
+        g = rows["grid"]
+        g.pop("per_image", None)
+        return {"summary": {"grid_psnr": g["psnr"], "grid_ssim": g["ssim"], "grid_lpips": g["lpips"],
+                            "grid_views": g["num_images"], "grid_steps": g["steps"]}, "runs": rows}
     g, v = rows["grid"], rows["vanilla"]
     n_v = v["num_images"]
     same_views = [r["psnr"] for r in g["per_image"][:n_v]]
@@ -110,6 +116,9 @@ def main() -> int:
     p.add_argument("--only", choices=["tiny-lego", "lego400"])
     p.add_argument("--scale", type=float, default=1.0, help="multiply every time budget (smoke runs)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
+    p.add_argument("--fields", choices=["both", "grid"], default="both",
+                   help="'grid' skips the classic-MLP baseline (a check run, not a benchmark row)")
+    p.add_argument("--tag", default="", help="suffix for the results file name")
     a = p.parse_args()
     tiny = DATA / "tiny_lego" / "lego_tiny_100.npz"
     lego = DATA / "nerf_synthetic" / "lego"
@@ -125,15 +134,17 @@ def main() -> int:
             print(f"skipping {name}: {path} not found (set PRIVNERF_DATA)")
             continue
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        result = run_case(name, str(path), out_root=a.out, **kw)
+        fields = ("grid", "vanilla") if a.fields == "both" else ("grid",)
+        result = run_case(name, str(path), out_root=a.out, fields=fields, **kw)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
         result.update({
             "case": name, "data": str(path.relative_to(DATA.parent)) if DATA.parent in path.parents else str(path),
             "started": started, "machine": machine(), "commit": commit.stdout.strip(),
             "command": "python benchmarks/engine.py" + (f" --only {a.only}" if a.only else "")
-            + (f" --scale {a.scale}" if a.scale != 1.0 else ""),
+            + (f" --scale {a.scale}" if a.scale != 1.0 else "") + (f" --fields {a.fields}" if a.fields != "both" else "")
+            + (f" --tag {a.tag}" if a.tag else ""),
         })
-        out = ROOT / "benchmarks" / "results" / f"engine-{name}.json"
+        out = ROOT / "benchmarks" / "results" / f"engine-{name}{'-' + a.tag if a.tag else ''}.json"
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"\n{name}: {json.dumps(result['summary'], indent=2)}\n-> {out}")
     return 0

@@ -26,7 +26,7 @@ def first_time_reaching(curve: list[dict], psnr: float):
 def engine_tables() -> list[str]:
     out = []
     for name in ("tiny-lego", "lego400"):
-        path = RESULTS / f"engine-{name}.json"
+        path = RESULTS / f"engine-{name}.json"  # check runs (engine-<case>-<tag>.json) are listed apart
         if not path.exists():
             continue
         r = json.loads(path.read_text())
@@ -50,6 +50,22 @@ def engine_tables() -> list[str]:
                 t = first_time_reaching(curve, target)
                 out.append(f"- first curve point at or above {target} dB: {'not reached' if t is None else f'{t:.0f} s'}")
         out.append("")
+    return out
+
+
+def check_runs() -> list[str]:
+    """Grid-only check runs (``engine.py --fields grid --tag ...``): not benchmark rows, no baseline."""
+    out = []
+    for path in sorted(RESULTS.glob("engine-*-*.json")):
+        r = json.loads(path.read_text())
+        if "vanilla" in r["runs"]:
+            continue
+        g = r["runs"]["grid"]
+        curve = ", ".join(f"{p['time_s']:.0f}s {p['psnr']:.2f}" for p in g.get("curve", []))
+        out.append(f"- `{path.name}` (commit {r['commit']}, `{r['command']}`): {g['psnr']:.2f} dB / "
+                   f"{g['ssim']:.4f} / LPIPS {fmt(g['lpips'], 4)} on {g['num_images']} test views after "
+                   f"{g['steps']} steps ({g['train_time_s']:.0f} s), {g['rays_per_s']:,.0f} rays/s, "
+                   f"{g['render_time_per_image_s']:.2f} s/frame; curve: {curve}")
     return out
 
 
@@ -103,7 +119,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + field_ops_table()))
+    print("\n".join(engine_tables() + field_ops_table() + check_runs()))
     p = plot()
     if p:
         print(f"plot: {p}")
