@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from privnerf.data.errors import SceneError
 
@@ -49,13 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None)
-
-
-def resolve_run_dir(path: Path) -> Path:
-    path = Path(path)
-    if (path / "checkpoints" / "last.pt").exists():
-        return path
-    raise FileNotFoundError(f"{path}: no checkpoints/last.pt (is this a privnerf run directory?)")
 
 
 if __name__ == "__main__":

@@ -81,10 +81,6 @@ class RadianceField(nn.Module):
         shading fields run their view-dependent head here, once per ray."""
         return composited
 
-    def on_step(self, step: int, progress: float) -> bool:
-        """Hook called by the trainer before each step; return True if parameters were replaced."""
-        return False
-
     def grids(self) -> list:
         """Dense grids optimised with :class:`~privnerf.train.optim.GridAdam` (empty for pure MLPs)."""
         return []

@@ -133,6 +133,3 @@ class GridField(RadianceField):
         res = resolution_for(box, self.target_voxels(int(self.grow_count), box))
         for g in self.grids():
             g.resample(res, box)
-
-    def extra_state(self) -> dict:
-        return {"resolution": list(self.density_grid.resolution)}

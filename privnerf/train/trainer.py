@@ -331,7 +331,7 @@ def trainer_from_checkpoint(run_dir: Path, device: str = "cpu") -> Trainer:
     cfg = config_from_dict(st["config"])
     cfg.device = device
     trainer = Trainer(cfg, scene_from_info(st["scene_info"]), Path(run_dir))
-    trainer.load_state({k: v for k, v in st.items()}, with_optim=False)
+    trainer.load_state(st, with_optim=False)
     return trainer
 
 
