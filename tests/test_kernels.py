@@ -38,6 +38,27 @@ def test_trilinear_forward_and_backward_match_torch():
     assert torch.equal(touched, (ref_grad.abs().sum(-1) > 0) | touched)  # every voxel with gradient is marked
 
 
+def test_parallel_backward_equals_the_serial_one_bitwise():
+    grid, x = _grid_and_points(2, 40000)  # enough points for the per-slab parallel path
+    idx = grid.world_to_index(x).contiguous()
+    gout = torch.randn(len(x), 5)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            buf = torch.zeros_like(grid.data)
+            touched = torch.zeros(grid.data.shape[:3].numel(), dtype=torch.uint8)
+            ext.trilinear_backward(buf, idx, gout, touched)
+            results.append((buf, touched))
+    finally:
+        torch.set_num_threads(threads)
+    for buf, touched in results[1:]:
+        assert torch.equal(buf, results[0][0]) and torch.equal(touched, results[0][1])
+    ref = torch.autograd.grad((trilinear_torch(grid.data, idx) * gout).sum(), grid.data)[0]
+    assert torch.allclose(results[0][0], ref, atol=1e-3)
+
+
 def test_sparse_adam_equals_dense_adam_on_touched_voxels():
     grid, x = _grid_and_points(1, 50)  # few points: most voxels untouched
     start = grid.data.detach().clone()

@@ -23,3 +23,33 @@ def test_update_marks_dense_cells_and_query_reads_them():
     occupied = g.update(lambda x: (x[:, 0] < 0.5).float() * 100.0, step_size=0.1, threshold=0.01)
     assert abs(occupied - 0.5) < 1e-6
     assert g.query(torch.tensor([[0.2, 0.5, 0.5], [0.8, 0.5, 0.5]])).tolist() == [True, False]
+
+
+def test_content_box_ignores_specks_but_keeps_thin_parts_of_the_object():
+    g = OccupancyGrid(torch.tensor([[0.0] * 3, [32.0] * 3]), 32)
+    g.density.zero_()
+    g.density[4:28, 4:28, 2:4] = 50.0  # a wide ground slab holding most of the mass
+    g.density[15:17, 15:17, 4:20] = 50.0  # a thin pillar standing on it: little mass, but connected
+    g.density[30, 30, 30] = 50.0  # a floater speck near the wall
+    box = g.occupied_box(0.05, margin_cells=0)
+    assert box.tolist() == [[4.0, 4.0, 2.0], [28.0, 28.0, 20.0]]
+
+
+def test_connected_components_labels_26_connected_groups():
+    from privnerf.render.occupancy import connected_components
+
+    m = torch.zeros(6, 6, 6, dtype=torch.bool)
+    m[0, 0, 0] = m[1, 1, 1] = True  # diagonal neighbours: one component
+    m[4:6, 0, 0] = True
+    m[0, 5, 5] = True
+    labels = connected_components(m)
+    assert labels[~m].eq(0).all()
+    assert labels[0, 0, 0] == labels[1, 1, 1]
+    assert len(torch.unique(labels[m])) == 3
+    # a long snake needs many propagation steps; all of it must end with one label
+    s = torch.zeros(8, 8, 8, dtype=torch.bool)
+    for x in range(8):
+        s[x, :, 0 if x % 2 == 0 else 7] = True
+        s[x, 7 if x % 2 == 0 else 0, :] = True
+    labels = connected_components(s)
+    assert len(torch.unique(labels[s])) == 1

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -69,9 +70,12 @@ torch::Tensor trilinear_forward(torch::Tensor grid, torch::Tensor pts) {
   return out;
 }
 
-// Accumulates d(loss)/d(grid) into grad_grid in place (scatter-add, serial: no write races).
-// If touched is defined ((X*Y*Z,) uint8), marks every voxel that received gradient, so an optimizer
-// can update only those.
+// Accumulates d(loss)/d(grid) into grad_grid in place. If touched is defined ((X*Y*Z,) uint8), marks
+// every voxel that received gradient, so an optimizer can update only those.
+//
+// Parallel without atomics: thread s owns the x-slab of grid points [bound[s], bound[s+1]) and scans all
+// points, writing only the corners inside its slab. Slab bounds balance the number of points per slab.
+// Every grid point is written by one thread in point order, so the result is bitwise the serial one.
 void trilinear_backward(torch::Tensor grad_grid, torch::Tensor pts, torch::Tensor grad_out,
                         c10::optional<torch::Tensor> touched) {
   check(grad_grid, pts);
@@ -87,17 +91,43 @@ void trilinear_backward(torch::Tensor grad_grid, torch::Tensor pts, torch::Tenso
     TORCH_CHECK(touched->numel() == X * Y * Z && touched->scalar_type() == torch::kUInt8, "touched mask shape");
     t = touched->data_ptr<uint8_t>();
   }
-  Cell cell;
-  for (int64_t i = 0; i < N; ++i) {
-    cell_of(p + 3 * i, X, Y, Z, C, cell);
-    const float* gi = go + i * C;
-    for (int k = 0; k < 8; ++k) {
-      const float w = cell.w[k];
-      float* gk = g + cell.base[k];
-      for (int64_t c = 0; c < C; ++c) gk[c] += w * gi[c];
-      if (t) t[cell.base[k] / C] = 1;
+  auto lower_x = [&](int64_t i) {
+    const float x = std::min(std::max(p[3 * i], 0.0f), float(X - 1));
+    return std::min<int64_t>(int64_t(x), X - 2);
+  };
+  const int64_t slabs = std::min<int64_t>(at::get_num_threads(), N / 4096 + 1);
+  std::vector<int64_t> bound(slabs + 1, X);
+  bound[0] = 0;
+  if (slabs > 1) {
+    std::vector<int64_t> hist(X, 0);
+    for (int64_t i = 0; i < N; ++i) hist[lower_x(i)]++;
+    int64_t seen = 0, s = 1;
+    for (int64_t x = 0; x < X && s < slabs; ++x) {
+      seen += hist[x];
+      while (s < slabs && seen * slabs >= s * N) bound[s++] = x + 1;
     }
   }
+  at::parallel_for(0, slabs, 1, [&](int64_t begin, int64_t end) {
+    Cell cell;
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t lo = bound[s], hi = bound[s + 1];
+      if (lo >= hi) continue;
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t x0 = lower_x(i);
+        if (x0 + 1 < lo || x0 >= hi) continue;
+        cell_of(p + 3 * i, X, Y, Z, C, cell);
+        const float* gi = go + i * C;
+        for (int k = 0; k < 8; ++k) {
+          const int64_t x = x0 + (k >> 2);  // corners 0-3 lie at x0, 4-7 at x0 + 1
+          if (x < lo || x >= hi) continue;
+          const float w = cell.w[k];
+          float* gk = g + cell.base[k];
+          for (int64_t c = 0; c < C; ++c) gk[c] += w * gi[c];
+          if (t) t[cell.base[k] / C] = 1;
+        }
+      }
+    }
+  });
 }
 
 // Adam on the voxels marked in `touched` only, then clears their gradient and the mark.
@@ -117,6 +147,15 @@ void sparse_adam_step(torch::Tensor param, torch::Tensor grad, torch::Tensor exp
   const float inv_sqrt_bias2 = float(1.0 / std::sqrt(bias2));
   at::parallel_for(0, V, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      // a few percent of voxels are touched: skip untouched runs 8 flags at a time
+      if ((i & 7) == 0 && i + 8 <= end) {
+        uint64_t word;
+        std::memcpy(&word, t + i, 8);
+        if (word == 0) {
+          i += 7;
+          continue;
+        }
+      }
       if (!t[i]) continue;
       t[i] = 0;
       for (int64_t c = i * C; c < (i + 1) * C; ++c) {

@@ -4,8 +4,9 @@ Why this design (measured, see BENCHMARKS.md "Field choice"): on two CPU cores t
 dominated by interpolation and its backward. A dense channel-last grid needs 8 contiguous row reads per
 sample, which our compiled kernel does ~5x faster than ``grid_sample`` and far faster than a 16-level hash
 grid (128 scattered reads per sample). Its weakness, memory and full-size optimizer updates, is handled by
-(a) growing the grid during training, (b) shrinking the box to the occupied region at the first growth
-step, and (c) the sparse Adam that touches only voxels a batch hit.
+(a) growing the grid during training, (b) shrinking the box, once, to the occupied region (connected
+components of the occupancy grid, so floaters do not hold it open) once the model has formed, and (c) the
+sparse Adam that touches only voxels a batch hit.
 
 Density: ``softplus(raw + shift)`` with ``shift`` set so an untouched voxel is nearly transparent.
 
@@ -46,7 +47,11 @@ class GridFieldConfig:
     grow_at: tuple[float, ...] = (0.05, 0.12, 0.2, 0.3)
     """Training progress fractions at which the grid grows."""
     shrink_at_growth: int = 2
-    """At this growth stage (1-based; 0 = never) the box shrinks to the content seen by the occupancy grid."""
+    """From this growth stage on (1-based; 0 = never) the box shrinks, once, to the content seen by the
+    occupancy grid: at the first such stage reached after ``shrink_after_steps`` steps."""
+    shrink_after_steps: int = 400
+    """No shrink before this many steps: an immature model's content box cuts off what has not formed yet
+    (measured on the built-in scene at step 49: the objects' upper halves were not yet opaque and were cut)."""
     shrink_min_alpha: float = 0.05
     """Opacity over one render step that counts as content when shrinking the box."""
     feature_dim: int = 12

@@ -9,6 +9,7 @@ opacity that density would give over one render step.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -90,17 +91,53 @@ class OccupancyGrid(nn.Module):
             self._corners = cached
         return cached
 
-    def occupied_box(self, step_size: float, min_alpha: float = 0.05, margin_cells: int = 3) -> torch.Tensor | None:
-        """Tight ``(2, 3)`` box around cells whose opacity over one step exceeds ``min_alpha``, plus a margin.
+    def occupied_box(self, step_size: float, min_alpha: float = 0.05, margin_cells: int = 3,
+                     min_share: float = 0.01) -> torch.Tensor | None:
+        """Tight ``(2, 3)`` box around the scene content, plus a margin of ``margin_cells``.
 
-        Stricter than the occupancy threshold on purpose: faint floaters near the box walls would otherwise
-        keep the box at full size (measured on lego: alpha > 5e-3 spans the whole box, alpha > 0.05 gives the
-        model's true extent). ``None`` if nothing qualifies.
+        Content is cells whose opacity over ``step_size`` exceeds ``min_alpha`` (stricter than the occupancy
+        threshold), grouped into 26-connected components; the box covers the components that carry at least
+        ``min_share`` of the total opacity mass. Why components: early in training faint floaters sit near the
+        box walls, and any per-cell rule keeps the box at full size (measured on lego 400 at the shrink: 225
+        components, the object one carries 99.8% of the mass and has the object's true extent; the rest are
+        specks of < 0.01% each). A trimmed-mass rule per axis fails the other way: on the built-in scene the
+        ground holds most of the mass, so it cut the tops off the objects. ``None`` if nothing qualifies.
         """
         alpha = 1.0 - torch.exp(-self.density.clamp(max=1e6) * step_size)
-        nz = (alpha > min_alpha).nonzero()
-        if nz.numel() == 0:
+        mask = alpha > min_alpha
+        if not bool(mask.any()):
             return None
+        labels = connected_components(mask)
+        ids, inverse = torch.unique(labels[mask], return_inverse=True)
+        mass = torch.zeros(len(ids), dtype=torch.float64, device=alpha.device).index_add_(
+            0, inverse, alpha[mask].double())
+        keep_ids = ids[mass >= min_share * float(mass.sum())]
+        nz = (mask & torch.isin(labels, keep_ids)).nonzero()
         lo = (nz.min(0).values - margin_cells).clamp(min=0).float()
         hi = (nz.max(0).values + 1 + margin_cells).clamp(max=self.resolution).float()
         return torch.stack([self.box[0] + lo * self.cell_size(), self.box[0] + hi * self.cell_size()])
+
+
+@torch.no_grad()
+def connected_components(mask: torch.Tensor) -> torch.Tensor:
+    """Label the 26-connected components of a 3D bool ``mask`` ``(X, Y, Z)``.
+
+    Returns ``(X, Y, Z)`` int64: 0 outside the mask, and inside it the largest flat index + 1 of the
+    component's cells (so labels are stable and comparable). Max-pooling propagates labels one cell per
+    pass; "pointer jumping" (a label is a cell index, so read that cell's label) shortens long components
+    to a few dozen passes (~3.5 s for 128^3 on 2 cores, run once per training).
+    """
+    shape = mask.shape
+    n = mask.numel()
+    # float labels for max_pool3d; float64 holds every index exactly
+    index = torch.arange(1, n + 1, dtype=torch.float64, device=mask.device)
+    flat_mask = mask.reshape(-1)
+    labels = torch.where(flat_mask, index, torch.zeros_like(index))
+    inside = mask.reshape(1, 1, *shape).to(torch.float64)
+    while True:
+        grown = (F.max_pool3d(labels.view(1, 1, *shape), 3, 1, 1) * inside).view(-1)
+        target = (grown.long() - 1).clamp(min=0)
+        grown = torch.where(flat_mask, torch.maximum(grown, grown[target]), grown)
+        if torch.equal(grown, labels):
+            return labels.long().view(shape)
+        labels = grown

@@ -172,9 +172,12 @@ class Trainer:
             self.occ.update(self.field.density_space, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         warm = self.step_count >= r.occ_warmup_steps
         if isinstance(self.field, GridField) and warm and self.field.pending_growth(self.progress()):
+            gc = self.field.cfg
             box = None
-            if int(self.field.grow_count) + 1 == self.field.cfg.shrink_at_growth and not self.field.space.contraction:
-                box = self.occ.occupied_box(self.occ_step, self.field.cfg.shrink_min_alpha)
+            not_yet_shrunk = torch.equal(self.field.density_grid.aabb, self.field.space.box)
+            if (gc.shrink_at_growth and int(self.field.grow_count) + 1 >= gc.shrink_at_growth and not_yet_shrunk
+                    and self.step_count >= gc.shrink_after_steps and not self.field.space.contraction):
+                box = self.occ.occupied_box(self.occ_step, gc.shrink_min_alpha)
             self.field.grow(box)
             if self.grid_opt is not None:
                 self.grid_opt.reset()
