@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from privnerf.data import SceneError, load_scene
-from privnerf.data import builtin
+from privnerf.data import builtin, primitives
 from privnerf.data.builtin import BACKGROUND, CLASS_CATALOG, make_builtin_scene
 from privnerf.data.cameras import image_rays
 
@@ -146,19 +146,19 @@ def test_top_down_centre_ray_hits_and_misses():
 def test_primitives_analytic():
     o = torch.tensor([[0.0, 0.0, 5.0], [3.0, 0.0, 0.5]])
     d = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
-    sph = builtin._Sphere((0.0, 0.0, 0.5), 0.5)
+    sph = primitives.Sphere((0.0, 0.0, 0.5), 0.5)
     np.testing.assert_allclose(sph.intersect(o, d).numpy(), [4.0, 2.5], atol=1e-5)
-    box = builtin._Box((0.0, 0.0, 0.5), (0.2, 0.3, 0.5), yaw=math.pi / 2)  # rotated: x half-extent is 0.3
+    box = primitives.Box((0.0, 0.0, 0.5), (0.2, 0.3, 0.5), yaw=math.pi / 2)  # rotated: x half-extent is 0.3
     np.testing.assert_allclose(box.intersect(o, d).numpy(), [4.0, 2.7], atol=1e-5)
-    cyl = builtin._Cylinder(0.0, 0.0, 0.25, 0.0, 1.0)
+    cyl = primitives.Cylinder(0.0, 0.0, 0.25, 0.0, 1.0)
     np.testing.assert_allclose(cyl.intersect(o, d).numpy(), [4.0, 2.75], atol=1e-5)
-    cone = builtin._Cone(0.0, 0.0, 0.5, 0.0, 1.0)  # at z = 0.5 the radius is 0.25; the apex is at z = 1
+    cone = primitives.Cone(0.0, 0.0, 0.5, 0.0, 1.0)  # at z = 0.5 the radius is 0.25; the apex is at z = 1
     np.testing.assert_allclose(cone.intersect(o, d).numpy(), [4.0, 2.75], atol=1e-5)
     p = torch.tensor([[0.0, 0.0, 1.0], [0.25, 0.0, 0.5]])
     np.testing.assert_allclose(cyl.normal(p).numpy(), [[0, 0, 1], [1, 0, 0]], atol=1e-6)
     n = cone.normal(torch.tensor([[0.25, 0.0, 0.5]])).numpy()[0]
     np.testing.assert_allclose(n, np.array([1.0, 0.0, 0.5]) / math.sqrt(1.25), atol=1e-6)
-    disk = builtin._Disk(1.0)
+    disk = primitives.Disk(1.0)
     t = disk.intersect(torch.tensor([[0.5, 0.0, 2.0], [1.5, 0.0, 2.0]]), torch.tensor([[0.0, 0.0, -1.0]] * 2))
     assert t[0] == pytest.approx(2.0) and math.isinf(t[1])
 

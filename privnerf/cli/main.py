@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": ("train a NeRF on one scene", "privnerf.cli.train"),
         "eval": ("evaluate a run directory on a split", "privnerf.cli.evaluate"),
         "render": ("render an orbit video or a split's views from a run", "privnerf.cli.render"),
-        "data": ("dataset tools: export the built-in scene", "privnerf.cli.data"),
+        "data": ("dataset tools: export the built-in scene, make crowd datasets", "privnerf.cli.data"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: privnerf {train,eval,render,data} [options]\n")

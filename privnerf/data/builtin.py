@@ -60,6 +60,16 @@ import torch
 
 from privnerf.data.cameras import rays_from_pixels
 from privnerf.data.errors import SceneError
+from privnerf.data.primitives import (
+    INF,
+    Box,
+    Cone,
+    Cylinder,
+    Disk,
+    Primitive,
+    Sphere,
+    rot_to_local,
+)
 from privnerf.data.scene import Scene
 
 CLASS_CATALOG = ("ball", "crate", "pillar", "tree", "arch", "table", "cone")
@@ -72,8 +82,6 @@ LOOK_AT = (0.0, 0.0, 0.25)
 BACKGROUND = (1.0, 1.0, 1.0)
 SPLITS = ("train", "val", "test")
 
-_EPS = 1e-4  # minimum ray distance of a hit
-_INF = float("inf")
 _AMBIENT = 0.32
 _DIFFUSE = 0.78
 _CHUNK_RAYS = 1 << 18
@@ -81,23 +89,6 @@ _CHUNK_RAYS = 1 << 18
 
 # ----------------------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _rot_to_local(v: torch.Tensor, c: float, s: float) -> torch.Tensor:
-    """Apply ``R_z(yaw)^T`` to ``(M, 3)`` vectors, where ``c, s = cos(yaw), sin(yaw)``."""
-    x, y, z = v.unbind(-1)
-    return torch.stack([c * x + s * y, -s * x + c * y, z], dim=-1)
-
-
-def _rot_to_world(v: torch.Tensor, c: float, s: float) -> torch.Tensor:
-    """Apply ``R_z(yaw)`` to ``(M, 3)`` vectors."""
-    x, y, z = v.unbind(-1)
-    return torch.stack([c * x - s * y, s * x + c * y, z], dim=-1)
-
-
-def _nonzero_safe(x: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
-    """``x`` with entries of magnitude below ``tiny`` replaced by ``tiny`` (avoids division by zero)."""
-    return torch.where(x.abs() < tiny, torch.full_like(x, tiny), x)
 
 
 def _frac(x: torch.Tensor) -> torch.Tensor:
@@ -110,217 +101,6 @@ def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
     f = h * 6.0 - math.floor(h * 6.0)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# primitives (world coordinates). intersect: rays -> nearest t > _EPS (inf on a miss); normal: hit point -> n
-
-
-class _Prim:
-    """An analytic surface. ``index`` is its position in the world's primitive list, ``obj`` its object."""
-
-    kind = "prim"
-    index: int = -1
-    obj: "_Object"
-    material: dict
-
-    def intersect(self, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """Nearest hit distance ``(M,)`` along unit rays ``o, d`` ``(M, 3)``; ``inf`` where missed."""
-        raise NotImplementedError
-
-    def normal(self, p: torch.Tensor) -> torch.Tensor:
-        """Unit outward normals ``(M, 3)`` at surface points ``p`` ``(M, 3)``."""
-        raise NotImplementedError
-
-    def bbox(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class _Sphere(_Prim):
-    kind = "sphere"
-
-    def __init__(self, centre, radius: float):
-        self.c = torch.tensor(centre, dtype=torch.float32)
-        self.r = float(radius)
-
-    def intersect(self, o, d):
-        oc = o - self.c
-        b = (oc * d).sum(-1)
-        cc = (oc * oc).sum(-1) - self.r * self.r
-        disc = b * b - cc
-        sq = disc.clamp_min(0).sqrt()
-        t0, t1 = -b - sq, -b + sq
-        t = torch.where(t0 > _EPS, t0, t1)
-        return torch.where((disc >= 0) & (t > _EPS), t, _INF)
-
-    def normal(self, p):
-        return torch.nn.functional.normalize(p - self.c, dim=-1)
-
-    def bbox(self):
-        c = self.c.numpy()
-        return c - self.r, c + self.r
-
-    def describe(self):
-        return {"type": "sphere", "centre": self.c.tolist(), "radius": self.r}
-
-
-class _Box(_Prim):
-    kind = "box"
-
-    def __init__(self, centre, half, yaw: float = 0.0):
-        self.c = torch.tensor(centre, dtype=torch.float32)
-        self.h = torch.tensor(half, dtype=torch.float32)
-        self.yaw = float(yaw)
-        self.cs, self.sn = math.cos(self.yaw), math.sin(self.yaw)
-
-    def intersect(self, o, d):
-        ol = _rot_to_local(o - self.c, self.cs, self.sn)
-        inv = 1.0 / _nonzero_safe(_rot_to_local(d, self.cs, self.sn))
-        t1 = (-self.h - ol) * inv
-        t2 = (self.h - ol) * inv
-        tn = torch.minimum(t1, t2).amax(-1)
-        tf = torch.maximum(t1, t2).amin(-1)
-        t = torch.where(tn > _EPS, tn, tf)
-        return torch.where((tf >= tn) & (t > _EPS), t, _INF)
-
-    def normal(self, p):
-        pl = _rot_to_local(p - self.c, self.cs, self.sn)
-        axis = (pl / self.h).abs().argmax(-1, keepdim=True)
-        nl = torch.zeros_like(pl).scatter_(-1, axis, torch.sign(pl.gather(-1, axis)))
-        return _rot_to_world(nl, self.cs, self.sn)
-
-    def bbox(self):
-        c, h = self.c.numpy(), self.h.numpy()
-        ext = np.array([abs(self.cs) * h[0] + abs(self.sn) * h[1], abs(self.sn) * h[0] + abs(self.cs) * h[1], h[2]])
-        return c - ext, c + ext
-
-    def describe(self):
-        return {"type": "box", "centre": self.c.tolist(), "half": self.h.tolist(), "yaw": self.yaw}
-
-
-class _Cylinder(_Prim):
-    """Capped cylinder with a vertical axis through ``(cx, cy)``, from ``z0`` to ``z1``."""
-
-    kind = "cylinder"
-
-    def __init__(self, cx: float, cy: float, radius: float, z0: float, z1: float):
-        self.cx, self.cy, self.r, self.z0, self.z1 = float(cx), float(cy), float(radius), float(z0), float(z1)
-
-    def intersect(self, o, d):
-        ox, oy, oz = o[:, 0] - self.cx, o[:, 1] - self.cy, o[:, 2]
-        dx, dy, dz = d.unbind(-1)
-        a = dx * dx + dy * dy
-        b = ox * dx + oy * dy
-        c = ox * ox + oy * oy - self.r * self.r
-        disc = b * b - a * c
-        sq = disc.clamp_min(0).sqrt()
-        a_s = a.clamp_min(1e-12)
-        side_ok = (disc >= 0) & (a > 1e-12)
-        best = torch.full_like(a, _INF)
-        for t in ((-b - sq) / a_s, (-b + sq) / a_s):
-            z = oz + t * dz
-            ok = side_ok & (t > _EPS) & (z >= self.z0) & (z <= self.z1)
-            best = torch.minimum(best, torch.where(ok, t, _INF))
-        dz_s = _nonzero_safe(dz)
-        for zc in (self.z0, self.z1):
-            t = (zc - oz) / dz_s
-            x, y = ox + t * dx, oy + t * dy
-            ok = (t > _EPS) & (x * x + y * y <= self.r * self.r)
-            best = torch.minimum(best, torch.where(ok, t, _INF))
-        return best
-
-    def normal(self, p):
-        x, y, z = p[:, 0] - self.cx, p[:, 1] - self.cy, p[:, 2]
-        rho = (x * x + y * y).sqrt().clamp_min(1e-9)
-        side = torch.stack([x / rho, y / rho, torch.zeros_like(x)], -1)
-        res = torch.stack([(rho - self.r).abs(), (z - self.z1).abs(), (z - self.z0).abs()], -1)
-        which = res.argmin(-1)
-        up = torch.tensor([0.0, 0.0, 1.0])
-        n = torch.where((which == 1)[:, None], up, side)
-        return torch.where((which == 2)[:, None], -up, n)
-
-    def bbox(self):
-        return (np.array([self.cx - self.r, self.cy - self.r, self.z0]),
-                np.array([self.cx + self.r, self.cy + self.r, self.z1]))
-
-    def describe(self):
-        return {"type": "cylinder", "centre": [self.cx, self.cy, 0.5 * (self.z0 + self.z1)],
-                "radius": self.r, "z0": self.z0, "z1": self.z1}
-
-
-class _Cone(_Prim):
-    """Upright cone with a capped base of ``radius`` at ``z0`` and its apex at ``z0 + height``."""
-
-    kind = "cone"
-
-    def __init__(self, cx: float, cy: float, radius: float, z0: float, height: float):
-        self.cx, self.cy, self.r, self.z0, self.hgt = float(cx), float(cy), float(radius), float(z0), float(height)
-        self.za = self.z0 + self.hgt
-        self.k = self.r / self.hgt
-
-    def intersect(self, o, d):
-        ox, oy, ow = o[:, 0] - self.cx, o[:, 1] - self.cy, self.za - o[:, 2]  # w: depth below the apex
-        dx, dy, dz = d.unbind(-1)
-        dw = -dz
-        k2 = self.k * self.k
-        a = dx * dx + dy * dy - k2 * dw * dw
-        b = ox * dx + oy * dy - k2 * ow * dw
-        c = ox * ox + oy * oy - k2 * ow * ow
-        disc = b * b - a * c
-        sq = disc.clamp_min(0).sqrt()
-        a_s = _nonzero_safe(a, 1e-9)
-        best = torch.full_like(a, _INF)
-        for t in ((-b - sq) / a_s, (-b + sq) / a_s):
-            w = ow + t * dw
-            ok = (disc >= 0) & (t > _EPS) & (w >= 0) & (w <= self.hgt)
-            best = torch.minimum(best, torch.where(ok, t, _INF))
-        t = (self.z0 - o[:, 2]) / _nonzero_safe(dz)
-        x, y = ox + t * dx, oy + t * dy
-        ok = (t > _EPS) & (x * x + y * y <= self.r * self.r)
-        return torch.minimum(best, torch.where(ok, t, _INF))
-
-    def normal(self, p):
-        x, y, z = p[:, 0] - self.cx, p[:, 1] - self.cy, p[:, 2]
-        rho = (x * x + y * y).sqrt()
-        norm = math.sqrt(1.0 + self.k * self.k)
-        rho_s = rho.clamp_min(1e-9)
-        side = torch.stack([x / rho_s / norm, y / rho_s / norm, torch.full_like(x, self.k / norm)], -1)
-        side = torch.where((rho < 1e-9)[:, None], torch.tensor([0.0, 0.0, 1.0]), side)
-        base = ((z - self.z0).abs() < (rho - self.k * (self.za - z)).abs() / norm)[:, None]
-        return torch.where(base, torch.tensor([0.0, 0.0, -1.0]), side)
-
-    def bbox(self):
-        return (np.array([self.cx - self.r, self.cy - self.r, self.z0]),
-                np.array([self.cx + self.r, self.cy + self.r, self.za]))
-
-    def describe(self):
-        return {"type": "cone", "centre": [self.cx, self.cy, self.z0], "radius": self.r, "height": self.hgt}
-
-
-class _Disk(_Prim):
-    """The ground: a disk of ``radius`` in the plane ``z = 0`` centred on the origin."""
-
-    kind = "disk"
-
-    def __init__(self, radius: float):
-        self.r = float(radius)
-
-    def intersect(self, o, d):
-        t = -o[:, 2] / _nonzero_safe(d[:, 2])
-        x, y = o[:, 0] + t * d[:, 0], o[:, 1] + t * d[:, 1]
-        return torch.where((t > _EPS) & (x * x + y * y <= self.r * self.r), t, _INF)
-
-    def normal(self, p):
-        return torch.tensor([0.0, 0.0, 1.0]).expand(p.shape[0], 3).clone()
-
-    def bbox(self):
-        return np.array([-self.r, -self.r, 0.0]), np.array([self.r, self.r, 0.0])
-
-    def describe(self):
-        return {"type": "disk", "centre": [0.0, 0.0, 0.0], "radius": self.r}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -481,15 +261,15 @@ class _Object:
     xy: tuple[float, float]
     yaw: float
     footprint: float
-    prims: list[_Prim] = field(default_factory=list)
+    prims: list[Primitive] = field(default_factory=list)
     bound: tuple[torch.Tensor, float] | None = None  # bounding sphere (centre, radius); None: test all rays
 
     def to_local(self, p: torch.Tensor) -> torch.Tensor:
         t = torch.tensor([self.xy[0], self.xy[1], 0.0])
-        return _rot_to_local(p - t, math.cos(self.yaw), math.sin(self.yaw))
+        return rot_to_local(p - t, math.cos(self.yaw), math.sin(self.yaw))
 
     def dir_to_local(self, v: torch.Tensor) -> torch.Tensor:
-        return _rot_to_local(v, math.cos(self.yaw), math.sin(self.yaw))
+        return rot_to_local(v, math.cos(self.yaw), math.sin(self.yaw))
 
     def bbox(self) -> tuple[np.ndarray, np.ndarray]:
         boxes = [p.bbox() for p in self.prims]
@@ -499,7 +279,7 @@ class _Object:
 @dataclass
 class _World:
     objects: list[_Object]  # objects[0] is the ground
-    prims: list[_Prim]
+    prims: list[Primitive]
     noise: _Noise
     light: torch.Tensor  # (3,) unit direction towards the light
     classes: list[str]
@@ -576,27 +356,27 @@ def _build_object(cls: str, rng: np.random.Generator) -> tuple[list, float]:
     raise ValueError(cls)
 
 
-def _place(parts: list, xy: tuple[float, float], yaw: float) -> list[_Prim]:
+def _place(parts: list, xy: tuple[float, float], yaw: float) -> list[Primitive]:
     """Instantiate local parts at a world position and yaw."""
     cs, sn = math.cos(yaw), math.sin(yaw)
 
     def tr(x, y):
         return xy[0] + cs * x - sn * y, xy[1] + sn * x + cs * y
 
-    prims: list[_Prim] = []
+    prims: list[Primitive] = []
     for kind, mat, g in parts:
         if kind == "sphere":
             x, y = tr(*g["centre"][:2])
-            prim: _Prim = _Sphere((x, y, g["centre"][2]), g["radius"])
+            prim: Primitive = Sphere((x, y, g["centre"][2]), g["radius"])
         elif kind == "box":
             x, y = tr(*g["centre"][:2])
-            prim = _Box((x, y, g["centre"][2]), g["half"], yaw)
+            prim = Box((x, y, g["centre"][2]), g["half"], yaw)
         elif kind == "cylinder":
             x, y = tr(0.0, 0.0)
-            prim = _Cylinder(x, y, g["radius"], g["z0"], g["z1"])
+            prim = Cylinder(x, y, g["radius"], g["z0"], g["z1"])
         elif kind == "cone":
             x, y = tr(0.0, 0.0)
-            prim = _Cone(x, y, g["radius"], g["z0"], g["height"])
+            prim = Cone(x, y, g["radius"], g["z0"], g["height"])
         else:
             raise ValueError(kind)
         prim.material = mat
@@ -634,7 +414,7 @@ def _make_world(seed: int) -> _World:
     present = [c for c in CLASS_CATALOG if c in chosen]
     classes = ["background", "ground", *present]
     ground = _Object(1, "ground", 1, (0.0, 0.0), 0.0, GROUND_RADIUS)
-    disk = _Disk(GROUND_RADIUS)
+    disk = Disk(GROUND_RADIUS)
     g_hue = rng.uniform(0.05, 0.14)
     disk.material = {"kind": "ground", "tiles": 1.0 / rng.uniform(0.17, 0.22), "radius": GROUND_RADIUS,
                      "c1": _hsv(g_hue, rng.uniform(0.2, 0.4), 0.72), "c2": _hsv(g_hue + 0.03, rng.uniform(0.3, 0.5), 0.52),
@@ -647,7 +427,7 @@ def _make_world(seed: int) -> _World:
         lo, hi = obj.bbox()
         obj.bound = (torch.tensor((lo + hi) / 2, dtype=torch.float32), float(np.linalg.norm(hi - lo) / 2) + 1e-3)
         objects.append(obj)
-    prims: list[_Prim] = []
+    prims: list[Primitive] = []
     for obj in objects:
         for p in obj.prims:
             p.obj, p.index = obj, len(prims)
@@ -667,7 +447,7 @@ def _trace(o: torch.Tensor, d: torch.Tensor, objects: list[_Object]) -> tuple[to
     Returns ``t`` ``(M,)`` (``inf`` on a miss) and the hit primitive index ``(M,)`` long (-1 on a miss).
     Objects with a bounding sphere only test the rays that enter it before the current closest hit.
     """
-    t_best = torch.full((o.shape[0],), _INF)
+    t_best = torch.full((o.shape[0],), INF)
     pid = torch.full((o.shape[0],), -1, dtype=torch.long)
     for obj in objects:
         if obj.bound is None:
