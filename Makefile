@@ -32,6 +32,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/field_ops.py
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/render_speed.py
+	$(BIN)/python benchmarks/lego_depth.py
+	$(BIN)/python benchmarks/crowd_presets.py
 	$(BIN)/python benchmarks/summarize.py
 
 clean:

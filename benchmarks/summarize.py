@@ -83,6 +83,36 @@ def field_ops_table() -> list[str]:
     return out + [""]
 
 
+def crowd_tables() -> list[str]:
+    out = []
+    path = RESULTS / "lego-depth.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        out += [f"### Lego depth decoding (`python benchmarks/lego_depth.py`; cameras {r['camera_distance']:.2f} from "
+                f"the origin; 8-bit step {r['quantisation_step']:.3f})\n",
+                "| decoding | median reprojection disagreement | extent of unprojected points (1-99%) | ray depth (1-99%) |",
+                "|---|---|---|---|"]
+        for name, c in r["candidates"].items():
+            lo, hi = c["extent_p1_p99"]
+            ext = " ".join(f"{a:.2f}..{b:.2f}" for a, b in zip(lo, hi))
+            out.append(f"| {name} | {c['median_reprojection_error']:.4f} | {ext} | "
+                       f"{c['ray_depth_p1_p99'][0]:.2f}..{c['ray_depth_p1_p99'][1]:.2f} |")
+        out.append("")
+    path = RESULTS / "crowd-presets.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        out += [f"### Crowd presets (finished {r['finished']}; commit {r['commit']}; `{r['command']}`)\n",
+                "| scene | preset | variant | users | photos | photos per user | personal pixels | per user (min..max) | generate s |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            ppu, fr = row["photos_per_user"], row["personal_fraction_per_user"]
+            out.append(f"| {row['scene']} | {row['preset']} | {row['variant'] or ''} | {row['users']} | {row['photos']} | "
+                       f"{min(ppu)}..{max(ppu)} | {100 * row['personal_fraction']:.1f}% | "
+                       f"{100 * min(fr):.1f}..{100 * max(fr):.1f}% | {row['generate_s']:.0f} |")
+        out.append("")
+    return out
+
+
 def plot() -> Path | None:
     try:
         import matplotlib
@@ -119,7 +149,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + field_ops_table() + check_runs()))
+    print("\n".join(engine_tables() + field_ops_table() + check_runs() + crowd_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")

@@ -25,7 +25,7 @@ def run(argv: list[str]) -> int:
     trainer = trainer_from_checkpoint(a.checkpoint, a.device)
     scene = load_split(trainer.cfg, a.split)
     out_dir = None if a.no_renders else Path(a.checkpoint) / "renders" / a.split
-    r = evaluate_split(trainer.field, trainer.occ, trainer.settings(), scene, out_dir=out_dir,
+    r = evaluate_split(trainer.field, trainer.occ, trainer.settings(inference=True), scene, out_dir=out_dir,
                        max_images=a.max_images, chunk=trainer.cfg.render.chunk)
     r.update({"split": a.split, "steps": trainer.step_count, "train_time_s": trainer.train_time})
     path = Path(a.checkpoint) / f"eval-{a.split}.json"

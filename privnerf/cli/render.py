@@ -28,7 +28,7 @@ def render_video(trainer, scene, out: Path, n_frames: int = 60, fps: int = 24, s
         h, w = int(round(h * s)), int(round(w * s))
         intr = intr * s
     frames = []
-    settings = trainer.settings()
+    settings = trainer.settings(inference=True)
     for pose in tqdm(orbit_path(scene, n_frames), desc="video", disable=quiet, leave=False):
         img = render_image(trainer.field, trainer.occ, torch.from_numpy(pose), intr, h, w, settings,
                            chunk=trainer.cfg.render.chunk)["rgb"]
@@ -70,6 +70,7 @@ def run(argv: list[str]) -> int:
 
     scene = load_split(trainer.cfg, a.split)
     out_dir = a.out_dir or Path(a.checkpoint) / "renders" / a.split
-    r = evaluate_split(trainer.field, trainer.occ, trainer.settings(), scene, out_dir=out_dir, with_lpips=False)
+    r = evaluate_split(trainer.field, trainer.occ, trainer.settings(inference=True), scene, out_dir=out_dir,
+                       with_lpips=False)
     print(f"{r['num_images']} views rendered to {out_dir} (PSNR {r['psnr']:.2f} dB)")
     return 0

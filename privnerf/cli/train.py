@@ -52,13 +52,13 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
     from privnerf.eval.evaluate import evaluate_split
 
     def curve_point(t: Trainer) -> dict:
-        r = evaluate_split(t.field, t.occ, t.settings(), eval_scene, max_images=cfg.eval_curve_images,
+        r = evaluate_split(t.field, t.occ, t.settings(inference=True), eval_scene, max_images=cfg.eval_curve_images,
                            with_lpips=False, chunk=cfg.render.chunk, quiet=True)
         return {"psnr": r["psnr"], "ssim": r["ssim"]}
 
     trainer.train(eval_fn=curve_point if cfg.eval_every_s else None, quiet=quiet)
     t0 = time.perf_counter()
-    metrics = evaluate_split(trainer.field, trainer.occ, trainer.settings(), eval_scene,
+    metrics = evaluate_split(trainer.field, trainer.occ, trainer.settings(inference=True), eval_scene,
                              out_dir=run_dir / "renders" / cfg.eval_split, max_images=cfg.eval_max_images,
                              chunk=cfg.render.chunk, quiet=quiet)
     eval_time = time.perf_counter() - t0

@@ -135,8 +135,13 @@ class Trainer:
             return self._world_step(voxel, self.field.space.aabb, self.field.space.contraction)
         return float((self.field.space.aabb[1] - self.field.space.aabb[0]).norm()) / self.cfg.render.samples_per_ray
 
-    def settings(self) -> RenderSettings:
-        return RenderSettings(self.near, self.far, self.render_step, self.background, self.cfg.render.weight_threshold)
+    def settings(self, inference: bool = False) -> RenderSettings:
+        """Render settings for training, or (``inference``) for evaluation and rendering, which march with
+        ``render.inference_step_scale`` times the step on grid fields."""
+        step = self.render_step
+        if inference and isinstance(self.field, GridField):
+            step *= self.cfg.render.inference_step_scale
+        return RenderSettings(self.near, self.far, step, self.background, self.cfg.render.weight_threshold)
 
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
