@@ -53,8 +53,26 @@ def machine() -> dict:
             "python": platform.python_version(), "cuda": torch.cuda.is_available()}
 
 
+GRID_OVERRIDES: list[str] = []
+"""``section.key=value`` settings applied to the grid field's config (``--set``; check runs only)."""
+
+
+def apply_override(cfg: TrainConfig, item: str) -> None:
+    key, _, value = item.partition("=")
+    *path, leaf = key.split(".")
+    target = cfg
+    for part in path:
+        target = getattr(target, part)
+    if not hasattr(target, leaf) or not value:
+        raise SystemExit(f"--set {item}: no such setting (use e.g. render.step_ratio=0.75)")
+    old = getattr(target, leaf)
+    setattr(target, leaf, type(old)(value) if old is not None and not isinstance(old, bool) else value)
+
+
 def grid_config(data: str, max_time: float, out: Path, **kw) -> TrainConfig:
     cfg = TrainConfig(data=data, output=out, max_time=max_time, steps=10**9, **kw)
+    for item in GRID_OVERRIDES:
+        apply_override(cfg, item)
     return cfg
 
 
@@ -119,7 +137,12 @@ def main() -> int:
     p.add_argument("--fields", choices=["both", "grid"], default="both",
                    help="'grid' skips the classic-MLP baseline (a check run, not a benchmark row)")
     p.add_argument("--tag", default="", help="suffix for the results file name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="grid config override for a check run, e.g. render.step_ratio=0.75 (with --fields grid)")
     a = p.parse_args()
+    if a.set and a.fields != "grid":
+        raise SystemExit("--set changes only the grid run: use it with --fields grid (a check run, not a benchmark row)")
+    GRID_OVERRIDES.extend(a.set)
     tiny = DATA / "tiny_lego" / "lego_tiny_100.npz"
     lego = DATA / "nerf_synthetic" / "lego"
     cases = []
@@ -142,7 +165,7 @@ def main() -> int:
             "started": started, "machine": machine(), "commit": commit.stdout.strip(),
             "command": "python benchmarks/engine.py" + (f" --only {a.only}" if a.only else "")
             + (f" --scale {a.scale}" if a.scale != 1.0 else "") + (f" --fields {a.fields}" if a.fields != "both" else "")
-            + (f" --tag {a.tag}" if a.tag else ""),
+            + (f" --tag {a.tag}" if a.tag else "") + "".join(f" --set {x}" for x in a.set),
         })
         out = ROOT / "benchmarks" / "results" / f"engine-{name}{'-' + a.tag if a.tag else ''}.json"
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
