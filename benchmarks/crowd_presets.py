@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from privnerf.data.crowd import PRESETS, generate_crowd, load_crowd_source, preset_variants, write_crowd  # noqa: E402
 from privnerf.data.crowd.presets import BUILTIN_PRESET_SCENE  # noqa: E402
+from privnerf.data.errors import SceneError  # noqa: E402
 from privnerf.data.io import atomic_write_text  # noqa: E402
 
 
@@ -35,14 +35,14 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             src = load_crowd_source(BUILTIN_PRESET_SCENE if scene == "builtin" else scene)
-        except Exception as exc:  # lego absent: say so and go on
+        except SceneError as exc:  # lego absent: say so and go on
             print(f"skipping {scene}: {exc}")
             continue
         load_s = time.perf_counter() - t0
         for preset in a.presets:
             for variant, cfg in preset_variants(preset, scene):
                 t0 = time.perf_counter()
-                res = generate_crowd(replace(cfg), src, quiet=True)
+                res = generate_crowd(cfg, src, quiet=True)
                 gen_s = time.perf_counter() - t0
                 out = a.out / scene / preset / variant if variant else a.out / scene / preset
                 write_crowd(res, out)

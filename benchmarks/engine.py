@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from privnerf.cli.train import train_and_evaluate  # noqa: E402
+from privnerf.data.paths import data_root  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 from privnerf.train.config import TrainConfig  # noqa: E402
 
-DATA = Path(os.environ.get("PRIVNERF_DATA", ROOT.parent / "shared" / "data"))
+DATA = data_root()
 
 
 def machine() -> dict:
@@ -66,7 +67,18 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
     if not hasattr(target, leaf) or not value:
         raise SystemExit(f"--set {item}: no such setting (use e.g. render.step_ratio=0.75)")
     old = getattr(target, leaf)
-    setattr(target, leaf, type(old)(value) if old is not None and not isinstance(old, bool) else value)
+    try:
+        if isinstance(old, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            new = value.lower() in ("true", "1")
+        elif isinstance(old, (int, float, str)):
+            new = type(old)(value)
+        else:
+            raise SystemExit(f"--set {item}: only numbers, strings and booleans can be set here")
+    except ValueError:
+        raise SystemExit(f"--set {item}: {value!r} is not a valid {type(old).__name__}") from None
+    setattr(target, leaf, new)
 
 
 def grid_config(data: str, max_time: float, out: Path, **kw) -> TrainConfig:

@@ -90,12 +90,15 @@ def crowd_tables() -> list[str]:
         r = json.loads(path.read_text())
         out += [f"### Lego depth decoding (`python benchmarks/lego_depth.py`; cameras {r['camera_distance']:.2f} from "
                 f"the origin; 8-bit step {r['quantisation_step']:.3f})\n",
-                "| decoding | median reprojection disagreement | extent of unprojected points (1-99%) | ray depth (1-99%) |",
-                "|---|---|---|---|"]
+                "| decoding | median reprojection disagreement | vs NeRF depth per level: mean / p90 / worst | "
+                "extent of unprojected points (1-99%) | ray depth (1-99%) |",
+                "|---|---|---|---|---|"]
         for name, c in r["candidates"].items():
             lo, hi = c["extent_p1_p99"]
             ext = " ".join(f"{a:.2f}..{b:.2f}" for a, b in zip(lo, hi))
-            out.append(f"| {name} | {c['median_reprojection_error']:.4f} | {ext} | "
+            nerf = c.get("nerf_level_error")
+            vs = f"{nerf['mean']:.3f} / {nerf['p90']:.3f} / {nerf['max']:.3f}" if nerf else "–"
+            out.append(f"| {name} | {c['median_reprojection_error']:.4f} | {vs} | {ext} | "
                        f"{c['ray_depth_p1_p99'][0]:.2f}..{c['ray_depth_p1_p99'][1]:.2f} |")
         out.append("")
     path = RESULTS / "crowd-presets.json"

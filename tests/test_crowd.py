@@ -177,11 +177,14 @@ def test_bad_arguments_give_clear_errors(small_source, tmp_path):
                         str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown preset 'nope'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
+    r = subprocess.run([sys.executable, "-m", "privnerf.cli.main", "data", "crowd", "--preset", "leakage-users",
+                        "--users", "3", "--out", str(tmp_path / "y")], capture_output=True, text=True)
+    assert r.returncode == 2 and "drop --users" in r.stderr and not (tmp_path / "y").exists()
 
 
 def test_lego_depth_decoding_lands_on_the_object_and_agrees_across_views(shared_data):
     from privnerf.data.blender import decode_blender_depth, load_blender
-    from privnerf.data.cameras import image_rays
+    from privnerf.data.cameras import image_rays, project_points
 
     root = shared_data / "nerf_synthetic" / "lego"
     if not root.exists():
@@ -203,12 +206,9 @@ def test_lego_depth_decoding_lands_on_the_object_and_agrees_across_views(shared_
     assert np.all(lo > [-0.8, -1.3, -0.5]) and np.all(hi < [0.8, 1.3, 1.1])  # the lego's extent
     assert np.all(lo < [-0.4, -0.8, -0.2]) and np.all(hi > [0.4, 0.8, 0.7])
     # view 0's surface points, seen from view 8, lie on view 8's decoded surface
-    w2c = np.linalg.inv(scene.c2w[1])
-    pc = pts[0] @ w2c[:3, :3].T + w2c[:3, 3]
-    fx, fy, cx, cy = scene.intrinsics[1]
-    u = np.floor(fx * pc[:, 0] / -pc[:, 2] + cx).astype(int)
-    v = np.floor(-fy * pc[:, 1] / -pc[:, 2] + cy).astype(int)
+    u, v, depth = (t.numpy() for t in project_points(scene.c2w[1], scene.intrinsics[1], pts[0]))
+    u, v = np.floor(u).astype(int), np.floor(v).astype(int)
     d8 = decode_blender_depth(scene.frame_meta[1]["depth_path"], scene.intrinsics[1])
     inside = (u >= 0) & (u < d8.shape[1]) & (v >= 0) & (v < d8.shape[0])
-    err = np.abs(-pc[inside, 2] - d8[v[inside], u[inside]])
+    err = np.abs(depth[inside] - d8[v[inside], u[inside]])
     assert np.median(err[np.isfinite(err)]) < 0.05

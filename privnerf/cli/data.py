@@ -29,10 +29,11 @@ def run(argv: list[str]) -> int:
     c.add_argument("--scene", default=None,
                    help="builtin[:opts], lego, a NeRF-synthetic folder with depth renders, or a nerfstudio dataset "
                         "with depth (default: builtin, or lego for a preset)")
-    c.add_argument("--users", type=int, default=20)
-    c.add_argument("--partition", default="yaw-slices", help="yaw-slices, random or overlap:DEG")
-    c.add_argument("--personal", default="static", choices=["static", "transient", "both"])
-    c.add_argument("--transient-per-view", type=int, default=5)
+    # defaults are applied below, so that giving one of these with --preset can be refused
+    c.add_argument("--users", type=int, default=None, help="default 20")
+    c.add_argument("--partition", default=None, help="yaw-slices (default), random or overlap:DEG")
+    c.add_argument("--personal", default=None, choices=["static", "transient", "both"], help="default static")
+    c.add_argument("--transient-per-view", type=int, default=None, help="default 5")
     c.add_argument("--appearance", type=float, default=0.0, help="per-photo exposure/white-balance change (0 = off)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--supersample", type=int, default=3)
@@ -51,31 +52,47 @@ def _crowd(a: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from privnerf.data.crowd import CrowdConfig, generate_crowd, load_crowd_source, preset_variants, write_crowd
-    from privnerf.data.io import atomic_write_json
+    from privnerf.data.io import atomic_directory, atomic_write_json
 
+    layout = {"users": a.users, "partition": a.partition, "personal": a.personal,
+              "transient_per_view": a.transient_per_view}
     if a.preset:
+        given = [f"--{k.replace('_', '-')}" for k, v in layout.items() if v is not None]
+        if given:
+            raise ValueError(f"--preset {a.preset} fixes the layout; drop {', '.join(given)}")
         variants = preset_variants(a.preset, a.scene, a.seed)
         variants = [(v, replace(cfg, appearance=a.appearance, supersample=a.supersample)) for v, cfg in variants]
     else:
-        variants = [("", CrowdConfig(scene=a.scene or "builtin", users=a.users, partition=a.partition,
-                                     personal=a.personal, transient_per_view=a.transient_per_view, seed=a.seed,
-                                     appearance=a.appearance, supersample=a.supersample))]
+        defaults = CrowdConfig()
+        layout = {k: getattr(defaults, k) if v is None else v for k, v in layout.items()}
+        variants = [("", CrowdConfig(scene=a.scene or "builtin", seed=a.seed, appearance=a.appearance,
+                                     supersample=a.supersample, **layout))]
     for _, cfg in variants:  # fail on bad arguments before the (slow) source is loaded
-        cfg.check(10**9)
+        cfg.check()
     src = load_crowd_source(variants[0][1].scene)
-    written = []
-    for name, cfg in variants:
-        out = a.out / name if name else a.out
+    if len(variants) == 1:
+        _, cfg = variants[0]
         result = generate_crowd(cfg, src, quiet=a.quiet)
-        write_crowd(result, out)
-        written.append({"variant": name or None, "dir": str(out), "frames": result.train.num_views,
-                        "personal_fraction": result.info["personal_fraction"]})
-        print(f"crowd dataset: {out} ({cfg.users} users, {result.train.num_views} photos, "
-              f"{100 * result.info['personal_fraction']:.1f}% personal pixels; contact sheet: {out / 'contact_sheet.png'})")
-    if len(variants) > 1:
-        atomic_write_json(a.out / "preset.json", {"preset": a.preset, "variants": written})
-        print(f"index: {a.out / 'preset.json'}")
+        write_crowd(result, a.out)
+        _report(a.out, cfg, result)
+        return 0
+    # a study: every variant is built inside one temporary folder that replaces DIR only when all are done
+    written = []
+    with atomic_directory(a.out, overwrite_if="preset.json") as tmp:
+        for name, cfg in variants:
+            result = generate_crowd(cfg, src, quiet=a.quiet)
+            write_crowd(result, tmp / name)
+            _report(a.out / name, cfg, result)
+            written.append({"variant": name, "dir": str(a.out / name), "frames": result.train.num_views,
+                            "personal_fraction": result.info["personal_fraction"]})
+        atomic_write_json(tmp / "preset.json", {"preset": a.preset, "variants": written})
+    print(f"index: {a.out / 'preset.json'}")
     return 0
+
+
+def _report(out: Path, cfg, result) -> None:
+    print(f"crowd dataset: {out} ({cfg.users} users, {result.train.num_views} photos, "
+          f"{100 * result.info['personal_fraction']:.1f}% personal pixels; contact sheet: {out / 'contact_sheet.png'})")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ cores; the result is cached per process, so the train, val and test calls share 
 
 from __future__ import annotations
 
+import colorsys
 import copy
 import functools
 import math
@@ -95,12 +96,9 @@ def _frac(x: torch.Tensor) -> torch.Tensor:
     return x - torch.floor(x)
 
 
-def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
-    """HSV in [0, 1] to an RGB tuple."""
-    i = int(h * 6.0) % 6
-    f = h * 6.0 - math.floor(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+def hsv_colour(h: float, s: float, v: float) -> tuple[float, float, float]:
+    """HSV in [0, 1] (hue wraps) to an RGB tuple."""
+    return colorsys.hsv_to_rgb(h % 1.0, s, v)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -298,7 +296,7 @@ def _build_object(cls: str, rng: np.random.Generator) -> tuple[list, float]:
     hue = rng.random()
 
     def colour(h=None, s=(0.55, 0.85), v=(0.6, 0.9)):
-        return _hsv(hue if h is None else h % 1.0, rng.uniform(*s), rng.uniform(*v))
+        return hsv_colour(hue if h is None else h % 1.0, rng.uniform(*s), rng.uniform(*v))
 
     if cls == "ball":
         r = rng.uniform(0.24, 0.3)
@@ -323,9 +321,9 @@ def _build_object(cls: str, rng: np.random.Generator) -> tuple[list, float]:
         return parts, r + 0.045
     if cls == "tree":
         r, h = rng.uniform(0.23, 0.29), rng.uniform(0.5, 0.68)
-        leaves = {"kind": "foliage", "c1": _hsv(rng.uniform(0.27, 0.36), 0.75, 0.3),
-                  "c2": _hsv(rng.uniform(0.22, 0.3), 0.7, 0.65), "c3": _hsv(0.15, 0.6, 0.85)}
-        bark = {"kind": "wood", "c1": _hsv(0.07, 0.6, 0.3), "c2": _hsv(0.08, 0.5, 0.5)}
+        leaves = {"kind": "foliage", "c1": hsv_colour(rng.uniform(0.27, 0.36), 0.75, 0.3),
+                  "c2": hsv_colour(rng.uniform(0.22, 0.3), 0.7, 0.65), "c3": hsv_colour(0.15, 0.6, 0.85)}
+        bark = {"kind": "wood", "c1": hsv_colour(0.07, 0.6, 0.3), "c2": hsv_colour(0.08, 0.5, 0.5)}
         return [_local_part("cylinder", bark, radius=0.055, z0=0.0, z1=0.24),
                 _local_part("cone", leaves, radius=r, z0=0.18, height=h)], r
     if cls == "arch":
@@ -339,7 +337,7 @@ def _build_object(cls: str, rng: np.random.Generator) -> tuple[list, float]:
         tx, ty, ht = rng.uniform(0.25, 0.3), rng.uniform(0.17, 0.21), rng.uniform(0.36, 0.44)
         cloth = {"kind": "gingham", "c1": (0.95, 0.95, 0.92), "c2": colour(s=(0.7, 0.9), v=(0.55, 0.75)),
                  "scale": rng.uniform(16.0, 22.0)}
-        legs = {"kind": "wood", "c1": _hsv(0.07, 0.6, 0.28), "c2": _hsv(0.09, 0.5, 0.5)}
+        legs = {"kind": "wood", "c1": hsv_colour(0.07, 0.6, 0.28), "c2": hsv_colour(0.09, 0.5, 0.5)}
         parts = [_local_part("box", cloth, centre=(0.0, 0.0, ht), half=(tx, ty, 0.025))]
         for sx in (-1, 1):
             for sy in (-1, 1):
@@ -348,7 +346,7 @@ def _build_object(cls: str, rng: np.random.Generator) -> tuple[list, float]:
         return parts, math.hypot(tx, ty)
     if cls == "cone":
         h = rng.uniform(0.38, 0.48)
-        bands = {"kind": "bands", "c1": _hsv(rng.uniform(0.03, 0.08), 0.9, 0.95), "c2": (0.95, 0.95, 0.95),
+        bands = {"kind": "bands", "c1": hsv_colour(rng.uniform(0.03, 0.08), 0.9, 0.95), "c2": (0.95, 0.95, 0.95),
                  "freq": 1.0 / 0.075}
         base = {"kind": "plain", "c1": (0.18, 0.18, 0.2)}
         return [_local_part("box", base, centre=(0.0, 0.0, 0.02), half=(0.16, 0.16, 0.02)),
@@ -417,7 +415,7 @@ def _make_world(seed: int) -> _World:
     disk = Disk(GROUND_RADIUS)
     g_hue = rng.uniform(0.05, 0.14)
     disk.material = {"kind": "ground", "tiles": 1.0 / rng.uniform(0.17, 0.22), "radius": GROUND_RADIUS,
-                     "c1": _hsv(g_hue, rng.uniform(0.2, 0.4), 0.72), "c2": _hsv(g_hue + 0.03, rng.uniform(0.3, 0.5), 0.52),
+                     "c1": hsv_colour(g_hue, rng.uniform(0.2, 0.4), 0.72), "c2": hsv_colour(g_hue + 0.03, rng.uniform(0.3, 0.5), 0.52),
                      "grout": (0.35, 0.33, 0.3), "rim": (0.2, 0.22, 0.28)}
     ground.prims = [disk]
     objects = [ground]

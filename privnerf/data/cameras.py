@@ -59,3 +59,18 @@ def image_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, h: int, w: int):
     """All rays of one image, row-major: origins ``(h*w, 3)``, unit directions ``(h*w, 3)``, z_scale ``(h*w,)``."""
     v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     return rays_from_pixels(c2w, intrinsics, u.reshape(-1), v.reshape(-1))
+
+
+def project_points(c2w: torch.Tensor, intrinsics: torch.Tensor, pts: torch.Tensor):
+    """World points ``(n, 3)`` → continuous pixel coordinates ``u, v`` ``(n,)`` and camera depth ``(n,)``.
+
+    The inverse of :func:`rays_from_pixels`: pixel ``(u, v)``'s centre is at ``(u + 0.5, v + 0.5)``, so
+    ``floor(u), floor(v)`` is the pixel a point falls in. Depth is along the camera -Z axis (negative behind
+    the camera).
+    """
+    c2w = torch.as_tensor(c2w, dtype=torch.float64)
+    pts = torch.as_tensor(pts, dtype=torch.float64)
+    fx, fy, cx, cy = (float(x) for x in intrinsics)
+    cam = (pts - c2w[:3, 3]) @ c2w[:3, :3]  # R^T (p - t), row-wise
+    depth = -cam[:, 2]
+    return fx * cam[:, 0] / depth + cx, -fy * cam[:, 1] / depth + cy, depth

@@ -3,7 +3,7 @@
 
 from privnerf.data.crowd.generate import CrowdConfig, generate_crowd, write_crowd
 from privnerf.data.crowd.presets import PRESETS, preset_variants
-from privnerf.data.crowd.source import CrowdSource, data_root, load_crowd_source
+from privnerf.data.crowd.source import CrowdSource, load_crowd_source
 
-__all__ = ["CrowdConfig", "CrowdSource", "PRESETS", "data_root", "generate_crowd", "load_crowd_source",
+__all__ = ["CrowdConfig", "CrowdSource", "PRESETS", "generate_crowd", "load_crowd_source",
            "preset_variants", "write_crowd"]

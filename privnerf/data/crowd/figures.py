@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from privnerf.data.cameras import rays_from_pixels
-from privnerf.data.primitives import INF, Box, Capsule, Cylinder, Primitive, Sphere
+from privnerf.data.cameras import project_points, rays_from_pixels
+from privnerf.data.primitives import Box, Capsule, Cylinder, Primitive, Sphere
 
 PATTERNS = ("plain", "stripes", "checks", "dots")
 LIGHT_DIR = (0.35, -0.25, 0.9)
@@ -138,50 +138,36 @@ class Figure:
         return torch.where(on[:, None], torch.tensor(st.pattern_colour, dtype=torch.float32), out)
 
 
-def trace_figures(figures: list[Figure], o: torch.Tensor, d: torch.Tensor, light_dir=None):
-    """Nearest figure hit along rays ``(M, 3)``: ``t (M,)`` (``inf`` = miss), shaded colour ``(M, 3)``, figure index ``(M,)``.
+def trace_figure(fig: Figure, o: torch.Tensor, d: torch.Tensor, light_dir=None):
+    """Nearest hit of ``fig`` along rays ``(M, 3)``: ``t (M,)`` (``inf`` = miss) and the shaded colour ``(M, 3)``.
 
     ``light_dir`` (towards the light) defaults to :data:`LIGHT_DIR`.
     """
-    m = o.shape[0]
-    t_best = torch.full((m,), INF)
-    which = torch.full((m,), -1, dtype=torch.long)
-    parts = []
-    for fi, fig in enumerate(figures):
-        for prim, part in fig.primitives():
-            t = prim.intersect(o, d)
-            closer = t < t_best
-            t_best = torch.where(closer, t, t_best)
-            which = torch.where(closer, torch.tensor(len(parts)), which)
-            parts.append((fi, prim, part))
-    colour = torch.zeros(m, 3)
-    fig_idx = torch.full((m,), -1, dtype=torch.long)
+    prims = fig.primitives()
+    ts = torch.stack([prim.intersect(o, d) for prim, _ in prims])  # (parts, M)
+    t, which = ts.min(0)
+    colour = torch.zeros(o.shape[0], 3)
     light = torch.nn.functional.normalize(torch.tensor(light_dir or LIGHT_DIR, dtype=torch.float32), dim=0)
-    for k, (fi, prim, part) in enumerate(parts):
-        sel = (which == k).nonzero()[:, 0]
+    for k, (prim, part) in enumerate(prims):
+        sel = ((which == k) & torch.isfinite(t)).nonzero()[:, 0]
         if sel.numel() == 0:
             continue
-        p = o[sel] + t_best[sel, None] * d[sel]
+        p = o[sel] + t[sel, None] * d[sel]
         n = prim.normal(p)
         n = torch.where(((n * d[sel]).sum(-1) > 0)[:, None], -n, n)  # face the camera
         shade = AMBIENT + (1 - AMBIENT) * (n @ light).clamp_min(0)
-        colour[sel] = figures[fi].albedo(part, p) * shade[:, None]
-        fig_idx[sel] = fi
-    return t_best, colour.clamp(0, 1), fig_idx
+        colour[sel] = fig.albedo(part, p) * shade[:, None]
+    return t, colour.clamp(0, 1)
 
 
 def screen_box(fig: Figure, c2w: np.ndarray, intr: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Pixel rectangle ``(x0, y0, x1, y1)`` (exclusive ends) that the figure can cover, ``None`` if off-screen."""
     lo, hi = fig.bbox()
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    w2c = np.linalg.inv(c2w)
-    pc = corners @ w2c[:3, :3].T + w2c[:3, 3]
+    u, v, depth = (t.numpy() for t in project_points(c2w, intr, corners))
     h, w = hw
-    if (pc[:, 2] > -1e-3).any():  # a corner at or behind the camera: the whole image is a safe bound
+    if (depth < 1e-3).any():  # a corner at or behind the camera: the whole image is a safe bound
         return 0, 0, w, h
-    fx, fy, cx, cy = intr
-    u = fx * pc[:, 0] / -pc[:, 2] + cx
-    v = -fy * pc[:, 1] / -pc[:, 2] + cy
     x0, x1 = max(int(math.floor(u.min())) - 1, 0), min(int(math.ceil(u.max())) + 1, w)
     y0, y1 = max(int(math.floor(v.min())) - 1, 0), min(int(math.ceil(v.max())) + 1, h)
     if x0 >= x1 or y0 >= y1:
@@ -242,7 +228,7 @@ def insert_figures(
         us = (uu.reshape(-1, 1).float() + ox.reshape(1, -1)).reshape(-1)
         vs = (vv.reshape(-1, 1).float() + oy.reshape(1, -1)).reshape(-1)
         o, d, zscale = rays_from_pixels(cam, k_t, us, vs)
-        t, col, _ = trace_figures([figures[i]], o, d, light_dir)
+        t, col = trace_figure(figures[i], o, d, light_dir)
         z = (t / zscale).reshape(fy1 - fy0, fx1 - fx0, n).numpy()
         region = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
         closer = z < z_fig[region]

@@ -25,7 +25,6 @@ invert the masks.
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from privnerf.data.builtin import hsv_colour
 from privnerf.data.crowd.figures import PATTERNS, Figure, FigureStyle, insert_figures
 from privnerf.data.crowd.source import CrowdSource, load_crowd_source
 from privnerf.data.io import atomic_directory, atomic_write_json
@@ -65,7 +65,8 @@ class CrowdConfig:
     occlusion: list[str] | None = None
     """Per user ``"heavy"`` (a bigger person close in, more transient people) or ``"light"``; ``None``: normal."""
 
-    def check(self, n_views: int) -> None:
+    def check(self, n_views: int | None = None) -> None:
+        """Raise ``ValueError`` on bad settings; with ``n_views``, also when the source has too few views."""
         if self.users < 1:
             raise ValueError(f"--users must be >= 1, got {self.users}")
         if self.users >= TRANSIENT_LABEL:
@@ -81,7 +82,7 @@ class CrowdConfig:
                 raise ValueError(f"--partition overlap:DEG needs a number of degrees, got {self.partition!r}") from None
             if not 0 <= deg < 360:
                 raise ValueError(f"overlap must be in [0, 360) degrees, got {deg}")
-        if self.users > n_views:
+        if n_views is not None and self.users > n_views:
             raise ValueError(f"--users {self.users} is more than the {n_views} views the source has; "
                              "every user needs at least one photo")
         if self.slices is not None and len(self.slices) != self.users:
@@ -122,20 +123,18 @@ def assign_views(azimuths: np.ndarray, cfg: CrowdConfig, rng: np.random.Generato
 
 
 # -- people ---------------------------------------------------------------------------------------------
-def _rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
-    return tuple(float(c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
 
 def user_style(k: int, rng: np.random.Generator) -> FigureStyle:
     """A recognisable outfit for user ``k``: the shirt hue steps by the golden ratio, so neighbours differ."""
     hue = (k * 0.618034 + rng.uniform(-0.03, 0.03)) % 1.0
     return FigureStyle(
-        shirt=_rgb(hue, rng.uniform(0.6, 0.85), rng.uniform(0.75, 0.95)),
-        trousers=_rgb(hue + 0.5, rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.45)),
+        shirt=hsv_colour(hue, rng.uniform(0.6, 0.85), rng.uniform(0.75, 0.95)),
+        trousers=hsv_colour(hue + 0.5, rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.45)),
         skin=SKIN_TONES[int(rng.integers(len(SKIN_TONES)))],
         pattern=PATTERNS[k % len(PATTERNS)],
-        pattern_colour=_rgb(hue + 0.15, rng.uniform(0.1, 0.4), rng.uniform(0.85, 1.0)),
-        hat=_rgb(hue + 0.33, 0.7, 0.6) if rng.uniform() < 0.5 else None,
+        pattern_colour=hsv_colour(hue + 0.15, rng.uniform(0.1, 0.4), rng.uniform(0.85, 1.0)),
+        hat=hsv_colour(hue + 0.33, 0.7, 0.6) if rng.uniform() < 0.5 else None,
         build=float(rng.uniform(0.85, 1.2)),
     )
 

@@ -17,22 +17,14 @@ points, so figures stand beside the object, never inside it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from privnerf.data.errors import SceneError
+from privnerf.data.paths import data_root
 from privnerf.data.scene import Scene
-
-
-def data_root() -> Path:
-    """The shared real-data folder: ``$PRIVNERF_DATA``, else ``../shared/data`` beside the repository."""
-    env = os.environ.get("PRIVNERF_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 @dataclass
@@ -143,10 +135,7 @@ def _nerfstudio_source(path: Path) -> CrowdSource:
     if scene.depths is None or any(not np.isfinite(d).any() for d in scene.depths):
         raise SceneError(path, "source has no depth_file_path on every frame; the crowd generator needs per-view "
                                "depth to place people behind or in front of the content")
-    try:
-        eval_scene = load_nerfstudio(path, "test")
-    except SceneError:
-        eval_scene = load_nerfstudio(path, "val")
+    eval_scene = load_nerfstudio(path, "test")  # falls back to the val list when there is no test list
     alphas = [np.isfinite(d).astype(np.float32) for d in scene.depths]
     src = _measured_stage(scene, alphas, eval_scene)
     src.description = {"kind": "nerfstudio", "path": str(path), "source_split": "train"}
