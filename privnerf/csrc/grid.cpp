@@ -229,12 +229,17 @@ std::vector<torch::Tensor> march_rays(torch::Tensor origins, torch::Tensor dirs,
 // samples whose rendering weight exceeds weight_thr. Replaces a pass that materialises every marched
 // sample (millions per batch) with per-ray sequential work and no temporaries.
 //   density: (X, Y, Z, 1) raw density over dbox (2, 3); sigma = softplus(raw + shift), 0 outside dbox
+//   density2/dbox2/shift2: an optional second density grid (empty tensor = none) whose sigma is added
+//   (DecentNeRF's personal field bound: transmittance runs through both fields)
 // Returns ray_idx (M,) int64 and t (M,) float32, sorted by ray then t.
 std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor dirs, torch::Tensor t_start,
                                           torch::Tensor t_end, torch::Tensor offset, double step_d,
                                           torch::Tensor occ, torch::Tensor box, torch::Tensor density,
-                                          torch::Tensor dbox, double shift, double weight_thr, double t_min_trans) {
+                                          torch::Tensor dbox, double shift, double weight_thr, double t_min_trans,
+                                          torch::Tensor density2, torch::Tensor dbox2, double shift2) {
   check(density, origins);
+  const bool two = density2.numel() > 0;
+  if (two) check(density2, origins);
   const int64_t N = origins.size(0);
   const int64_t X = occ.size(0), Y = occ.size(1), Z = occ.size(2);
   const int64_t DX = density.size(0), DY = density.size(1), DZ = density.size(2);
@@ -250,6 +255,11 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
   const float step = float(step_d), sh = float(shift), wthr = float(weight_thr), tmin = float(t_min_trans);
   const float sx = X / (b[3] - b[0]), sy = Y / (b[4] - b[1]), sz = Z / (b[5] - b[2]);
   const float gx = (DX - 1) / (db[3] - db[0]), gy = (DY - 1) / (db[4] - db[1]), gz = (DZ - 1) / (db[5] - db[2]);
+  const int64_t EX = two ? density2.size(0) : 2, EY = two ? density2.size(1) : 2, EZ = two ? density2.size(2) : 2;
+  const float* dens2 = two ? density2.data_ptr<float>() : nullptr;
+  const float* eb = two ? dbox2.data_ptr<float>() : db;
+  const float sh2 = float(shift2);
+  const float ex = (EX - 1) / (eb[3] - eb[0]), ey = (EY - 1) / (eb[4] - eb[1]), ez = (EZ - 1) / (eb[5] - eb[2]);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(N, 256));
   const int64_t per = (N + n_chunks - 1) / n_chunks;
   std::vector<std::vector<int64_t>> out_r(n_chunks);
@@ -268,12 +278,24 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
           const int64_t ix = int64_t((px - b[0]) * sx), iy = int64_t((py - b[1]) * sy), iz = int64_t((pz - b[2]) * sz);
           if (ix < 0 || iy < 0 || iz < 0 || ix >= X || iy >= Y || iz >= Z) continue;
           if (!g[(ix * Y + iy) * Z + iz]) continue;
-          if (px < db[0] || py < db[1] || pz < db[2] || px > db[3] || py > db[4] || pz > db[5]) continue;
-          const float q[3] = {(px - db[0]) * gx, (py - db[1]) * gy, (pz - db[2]) * gz};
-          cell_of(q, DX, DY, DZ, 1, cell);
-          float raw = sh;
-          for (int k = 0; k < 8; ++k) raw += cell.w[k] * dens[cell.base[k]];
-          const float sigma = raw > 20.f ? raw : std::log1p(std::exp(raw));
+          const bool in1 = !(px < db[0] || py < db[1] || pz < db[2] || px > db[3] || py > db[4] || pz > db[5]);
+          const bool in2 = two && !(px < eb[0] || py < eb[1] || pz < eb[2] || px > eb[3] || py > eb[4] || pz > eb[5]);
+          if (!in1 && !in2) continue;
+          float sigma = 0.f;
+          if (in1) {
+            const float q[3] = {(px - db[0]) * gx, (py - db[1]) * gy, (pz - db[2]) * gz};
+            cell_of(q, DX, DY, DZ, 1, cell);
+            float raw = sh;
+            for (int k = 0; k < 8; ++k) raw += cell.w[k] * dens[cell.base[k]];
+            sigma += raw > 20.f ? raw : std::log1p(std::exp(raw));
+          }
+          if (in2) {
+            const float q[3] = {(px - eb[0]) * ex, (py - eb[1]) * ey, (pz - eb[2]) * ez};
+            cell_of(q, EX, EY, EZ, 1, cell);
+            float raw = sh2;
+            for (int k = 0; k < 8; ++k) raw += cell.w[k] * dens2[cell.base[k]];
+            sigma += raw > 20.f ? raw : std::log1p(std::exp(raw));
+          }
           const float alpha = 1.f - std::exp(-sigma * step);
           if (trans * alpha > wthr) { vr.push_back(i); vt.push_back(t); }
           trans *= 1.f - alpha;

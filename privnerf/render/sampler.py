@@ -91,11 +91,13 @@ def march(
 
 
 def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: float, jitter: bool,
-                 weight_threshold: float, min_transmittance: float = 1e-4) -> Samples | None:
+                 weight_threshold: float, min_transmittance: float = 1e-4, extra=None) -> Samples | None:
     """Fused march + density + culling for bounded grid fields on the CPU, or ``None`` if not applicable.
 
     Returns the samples whose rendering weight (under the current density, without gradient) exceeds
     ``weight_threshold``, stopping each ray once its transmittance drops below ``min_transmittance``.
+    ``extra`` (optional): a second field with ``density_grid`` and ``shift`` over the same space whose
+    density adds to the first (a personal field's bound).
     """
     grid = getattr(field, "density_grid", None)
     ext = load_grid_ext()
@@ -108,9 +110,16 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
         origins.float().contiguous(), dirs.float().contiguous(), t0.clamp(min=near).contiguous(),
         t1.clamp(max=far).contiguous(), offset, float(step), occ.binary.contiguous(), occ.box.contiguous(),
         grid.data.detach().contiguous(), grid.aabb.contiguous(), float(field.shift), float(weight_threshold),
-        float(min_transmittance),
+        float(min_transmittance), *_second_density(extra),
     )
     return Samples(ray_idx, t, torch.full_like(t, step))
+
+
+def _second_density(extra) -> tuple[torch.Tensor, torch.Tensor, float]:
+    if extra is None:
+        return torch.empty(0), torch.empty(0), 0.0
+    g = extra.density_grid
+    return g.data.detach().contiguous(), g.aabb.contiguous(), float(extra.shift)
 
 
 def _march_torch(origins, dirs, t0, t1, offset, step, space, occ, far=None, n_far=0, chunk_rays=1024) -> Samples:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from privnerf.fields import FieldConfig
+from privnerf.fields.personal_field import PersonalFieldConfig
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TrainConfig:
     threads: Optional[int] = None
     """Torch CPU threads (default: the number of cores)."""
     field: FieldConfig = dc_field(default_factory=FieldConfig)
+    personal: PersonalFieldConfig = dc_field(default_factory=PersonalFieldConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)
     optim: OptimConfig = dc_field(default_factory=OptimConfig)
 

@@ -37,9 +37,12 @@ class PixelSampler:
         o, d, _ = rays_from_pixels(self.c2w[img], self.intrinsics[img], u, v)
         return o.to(self.device), d.to(self.device)
 
-    def sample(self, n: int, generator: torch.Generator):
-        """``n`` random pixels → origins ``(n, 3)``, directions ``(n, 3)``, target colours ``(n, 3)``."""
+    def sample(self, n: int, generator: torch.Generator, with_image: bool = False):
+        """``n`` random pixels → origins ``(n, 3)``, directions ``(n, 3)``, target colours ``(n, 3)`` (and, with
+        ``with_image``, the image index of each ray ``(n,)``, which per-image embeddings need)."""
         flat = torch.randint(0, self.num_pixels, (n,), generator=generator)
         img, u, v = self.locate(flat)
         o, d = self.rays(img, u, v)
+        if with_image:
+            return o, d, self.rgb[flat].to(self.device), img.to(self.device)
         return o, d, self.rgb[flat].to(self.device)

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from privnerf.data.scene import Scene
 from privnerf.fields import make_field
 from privnerf.fields.grid_field import GridField
+from privnerf.fields.personal_field import PersonalField
 from privnerf.render.occupancy import OccupancyGrid
-from privnerf.render.renderer import RenderSettings, render_rays
+from privnerf.render.renderer import RenderSettings, render_rays, render_rays_personal
 from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
 from privnerf.train.config import TrainConfig
 from privnerf.train.optim import GridAdam
@@ -97,6 +98,12 @@ class Trainer:
         # over the current (shrinking) render step, growth would push every cell under the threshold.
         self.occ_step = step0
         self.field = make_field(cfg.field, aabb, contraction, step0, pixel_footprint(scene)).to(self.device)
+        self.personal: PersonalField | None = None
+        if cfg.personal.enabled:
+            if not isinstance(self.field, GridField):
+                raise ValueError("a personal field needs the grid global field (--field.kind grid)")
+            self.personal = PersonalField(cfg.personal, self.field.space.box, scene.num_views,
+                                          cfg.field.grid.feature_dim, step0).to(self.device)
         self.occ = OccupancyGrid(self.field.space.box, cfg.render.occ_resolution).to(self.device)
         self._pixels: PixelSampler | None = None
         self._build_optimizers()
@@ -146,17 +153,21 @@ class Trainer:
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
         grids = self.field.grids()
+        lrs = [o.lr_density if i == 0 else o.lr_features for i in range(len(grids))]
+        if self.personal is not None:
+            grids = grids + self.personal.grids()
+            lrs += [self.cfg.personal.lr_grid] * len(self.personal.grids())
         grid_params = {id(g.data) for g in grids}
-        if grids:
-            lrs = [o.lr_density if i == 0 else o.lr_features for i in range(len(grids))]
-            self.grid_opt: GridAdam | None = GridAdam(grids, lrs)
-        else:
-            self.grid_opt = None
+        self.grid_opt: GridAdam | None = GridAdam(grids, lrs) if grids else None
         mlp_params = [p for p in self.field.parameters() if id(p) not in grid_params]
         # Grids on the dense path (CUDA) get their .grad from autograd; GridAdam handles both paths.
         lr = o.lr_mlp if grids else 5e-4
-        self.mlp_opt = torch.optim.Adam(mlp_params, lr=lr, betas=(0.9, 0.99), eps=1e-15 if grids else 1e-8)
-        self.base_mlp_lr = lr
+        groups = [{"params": mlp_params, "lr": lr, "base_lr": lr}]
+        if self.personal is not None:
+            pl = self.cfg.personal.lr_mlp
+            groups.append({"params": [p for p in self.personal.parameters() if id(p) not in grid_params],
+                           "lr": pl, "base_lr": pl})
+        self.mlp_opt = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15 if grids else 1e-8)
 
     # -- the training step ---------------------------------------------------------------------------
     def progress(self) -> float:
@@ -174,7 +185,7 @@ class Trainer:
         # Early on, empty space falls below the threshold within ~10 Adam steps; refreshing every step then
         # keeps the first steps (which start with the whole box occupied) from costing seconds each.
         if self.step_count % r.occ_update_every == 0 or self.step_count < r.occ_warmup_steps:
-            self.occ.update(self.field.density_space, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+            self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         warm = self.step_count >= r.occ_warmup_steps
         if isinstance(self.field, GridField) and warm and self.field.pending_growth(self.progress()):
             gc = self.field.cfg
@@ -186,17 +197,47 @@ class Trainer:
             self.field.grow(box)
             if self.grid_opt is not None:
                 self.grid_opt.reset()
-            self.occ.update(self.field.density_space, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+            self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+
+    def occupancy_density(self, xs: torch.Tensor) -> torch.Tensor:
+        """Density the occupancy grid tracks at working-box points ``(n, 3)``: the global field's, plus the
+        personal field's upper bound when there is one (personal content sits where the global field is empty)."""
+        sigma = self.field.density_space(xs)
+        if self.personal is not None:
+            sigma = sigma + self.personal.density_bound(xs)
+        return sigma
+
+    def compute_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass on a batch: ``(loss, mse, render outputs)``.
+
+        Without a personal field the loss is the colour MSE. With one it is NeRF-W's (as nerf_pl implements
+        it): ``mean(|C - C^|^2 / (2 beta^2)) + 3 + mean(log beta) + lambda_u mean(sigma_personal)``.
+        """
+        if self.personal is None:
+            origins, dirs, target = batch[:3]
+            out = render_rays(self.field, self.occ, origins, dirs, self.settings(), jitter=True)
+            mse = torch.mean((out["rgb"] - target) ** 2)
+            return mse, mse, out
+        origins, dirs, target, image = batch
+        out = render_rays_personal(self.field, self.personal, self.occ, origins, dirs, image, self.settings(),
+                                   jitter=True)
+        err = (out["rgb"] - target) ** 2
+        beta = out["beta"]
+        pc = self.cfg.personal
+        sparsity = out["sigma_personal"].mean() if out["sigma_personal"].numel() else err.new_zeros(())
+        loss = (err / (2 * beta[:, None] ** 2)).mean() + 3.0 + torch.log(beta).mean() + pc.lambda_u * sparsity
+        return loss, err.mean(), out
+
+    def sample_batch(self):
+        return self.pixels.sample(self.cfg.optim.batch_rays, self.generator, with_image=self.personal is not None)
 
     def step(self, batch=None) -> dict[str, float]:
         """One optimisation step on a batch of rays ``(origins, dirs, rgb)`` (sampled if not given)."""
         self.maintenance()
         if batch is None:
-            batch = self.pixels.sample(self.cfg.optim.batch_rays, self.generator)
-        origins, dirs, target = batch
-        out = render_rays(self.field, self.occ, origins, dirs, self.settings(), jitter=True)
-        mse = torch.mean((out["rgb"] - target) ** 2)
-        loss = mse
+            batch = self.sample_batch()
+        loss, mse, out = self.compute_loss(batch)
+        origins = batch[0]
         o = self.cfg.optim
         if o.tv_weight > 0 and isinstance(self.field, GridField) and self.step_count % o.tv_every == 0:
             loss = loss + o.tv_weight * self.field.density_grid.total_variation()
@@ -204,7 +245,7 @@ class Trainer:
         loss.backward()
         scale = self.lr_scale()
         for g in self.mlp_opt.param_groups:
-            g["lr"] = self.base_mlp_lr * scale
+            g["lr"] = g["base_lr"] * scale
         self.mlp_opt.step()
         if self.grid_opt is not None:
             self.grid_opt.step(scale)
@@ -267,6 +308,7 @@ class Trainer:
             "step": self.step_count,
             "train_time": self.train_time,
             "field": self.field.state_dict(),
+            "personal": self.personal.state_dict() if self.personal is not None else None,
             "grid_shapes": [tuple(g.data.shape) for g in self.field.grids()],
             "grid_boxes": [g.aabb.cpu() for g in self.field.grids()],
             "occ": self.occ.state_dict(),
@@ -290,6 +332,8 @@ class Trainer:
                 g.data = torch.nn.Parameter(torch.zeros(shape, device=g.data.device))
             g.aabb.copy_(box)
         self.field.load_state_dict(st["field"])
+        if self.personal is not None and st.get("personal") is not None:
+            self.personal.load_state_dict(st["personal"])
         self.occ.load_state_dict(st["occ"])
         self.step_count = int(st["step"])
         self.train_time = float(st["train_time"])
