@@ -22,9 +22,14 @@ $(LPIPS): | $(STAMP)
 
 setup: $(STAMP) $(LPIPS)
 
-demo: setup
-	$(BIN)/python -m privnerf train --data builtin --experiment demo --max-time 150 --steps 3000 \
-		--render-video --eval-every-s 30
+# DecentNeRF on Flower's Simulation Engine with SecAgg+: 5 users on a crowd made from the built-in scene.
+DEMO_CROWD := outputs/demo/crowd
+$(DEMO_CROWD)/transforms.json: | $(STAMP)
+	$(BIN)/python -m privnerf data crowd --scene builtin --users 5 --personal static --out $(DEMO_CROWD) --quiet
+
+demo: setup $(DEMO_CROWD)/transforms.json
+	$(BIN)/python -m privnerf fed run --data $(DEMO_CROWD) --experiment demo --aggregator learned \
+		--rounds 5 --local-epochs 1.0
 
 test: setup
 	$(BIN)/python -m pytest -q tests
@@ -35,6 +40,7 @@ bench: setup
 	$(BIN)/python benchmarks/render_speed.py
 	$(BIN)/python benchmarks/lego_depth.py
 	$(BIN)/python benchmarks/crowd_presets.py
+	$(BIN)/python benchmarks/secagg_bias.py
 	$(BIN)/python benchmarks/summarize.py
 
 clean:

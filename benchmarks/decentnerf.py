@@ -1,0 +1,132 @@
+"""DecentNeRF benchmarks: aggregators on one crowd, the learned-weights ablation, leakage against users.
+
+Studies (``--study``), each on the crowd presets of ``privnerf data crowd`` (made here if missing):
+
+* ``main``: ``decentnerf-lego-20``; aggregators learned, fedavg, fednerf, centralized with the same rounds and
+  local epochs (centralized trains the same total steps on one trainer) -> PSNR/SSIM/LPIPS, leakage, server
+  FLOPs, bytes, client time;
+* ``ablation``: ``decentnerf-ablation-8``; learned vs fedavg, with the alpha trajectories plotted;
+* ``users``: ``leakage-users`` (1..10 users); learned -> final leakage per number of users.
+
+Usage: ``python benchmarks/decentnerf.py --study main --scene lego --rounds 20 --local-epochs 0.05``
+-> ``benchmarks/results/decentnerf-<scene>-<study>.json`` (+ ``.png`` plots), runs under ``outputs/bench-fed/``.
+Runs are sequential (timings are only comparable when nothing else runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from privnerf.data.crowd import generate_crowd, load_crowd_source, preset_variants, write_crowd  # noqa: E402
+from privnerf.data.crowd.presets import BUILTIN_PRESET_SCENE  # noqa: E402
+from privnerf.fed.config import FedConfig  # noqa: E402
+from privnerf.fed.run import run_federated  # noqa: E402
+from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
+
+STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized"]),
+           "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
+           "users": ("leakage-users", ["learned"])}
+
+
+def crowd_dirs(preset: str, scene: str, root: Path) -> list[tuple[str, Path]]:
+    out = []
+    src = None
+    for variant, cfg in preset_variants(preset, scene):
+        d = root / scene / preset / variant if variant else root / scene / preset
+        if not (d / "transforms.json").exists():
+            src = src or load_crowd_source(BUILTIN_PRESET_SCENE if scene == "builtin" else scene)
+            write_crowd(generate_crowd(cfg, src, quiet=True), d)
+        out.append((variant, d))
+    return out
+
+
+def alpha_plot(runs: dict[str, Path], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.4), squeeze=False)
+    for ax, (name, run) in zip(axes[0], runs.items()):
+        rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
+        users = sorted({u for h in rounds for u in h.get("alpha", {})}, key=int)
+        for u in users:
+            xs = [h["round"] for h in rounds if u in h.get("alpha", {})]
+            ys = [h["alpha"][u] / sum(h["alpha"].values()) for h in rounds if u in h.get("alpha", {})]
+            ax.plot(xs, ys, "o-", ms=3, label=f"user {u}")
+        ax.set_title(name)
+        ax.set_xlabel("round")
+        ax.set_ylabel("normalised alpha")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", choices=list(STUDIES), default="main")
+    p.add_argument("--scene", default="lego", help="lego (400 px, needs ../shared/data) or builtin")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--local-epochs", type=float, default=0.05)
+    p.add_argument("--aggregators", nargs="+", default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="FedConfig overrides for every run, e.g. alpha.eta=4 keep_optimizer=true")
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-fed")
+    a = p.parse_args()
+    preset, aggregators = STUDIES[a.study]
+    aggregators = a.aggregators or aggregators
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows, runs = [], {}
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for variant, data in crowd_dirs(preset, a.scene, a.out / "crowd"):
+        for agg in aggregators:
+            cfg = FedConfig(data=str(data), aggregator=agg, rounds=a.rounds, local_epochs=a.local_epochs,
+                            output=a.out / f"{a.scene}-{a.study}" / stamp / f"{variant or 'run'}-{agg}")
+            for kv in a.set:
+                key, _, val = kv.partition("=")
+                obj = cfg
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    obj = getattr(obj, part)
+                cur = getattr(obj, leaf)
+                setattr(obj, leaf, val.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(val))
+            t0 = time.perf_counter()
+            res = run_federated(cfg, quiet=True)
+            rounds = [json.loads(x) for x in (Path(res["run_dir"]) / "rounds.jsonl").read_text().splitlines() if x.strip()]
+            row = {"variant": variant or None, "aggregator": agg, "wall_s": round(time.perf_counter() - t0, 1),
+                   **{k: res.get(k) for k in ("psnr", "ssim", "lpips", "leakage_psnr", "leakage_psnr_max_round",
+                                             "server_flops", "client_training_flops", "client_steps",
+                                             "client_train_time_s", "bytes_up_per_client_per_round", "users",
+                                             "run_dir")},
+                   "per_round": [{k: h.get(k) for k in ("round", "psnr", "leakage_psnr", "alpha", "round_time_s")}
+                                 for h in rounds]}
+            rows.append(row)
+            runs[f"{variant + ' ' if variant else ''}{agg}"] = Path(res["run_dir"])
+            print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
+                  f"server FLOPs {res['server_flops']:.3g}  ({row['wall_s']:.0f} s)", flush=True)
+    name = f"decentnerf-{a.scene}-{a.study}"
+    results = ROOT / "benchmarks" / "results"
+    if a.study == "ablation":
+        alpha_plot(runs, results / f"{name}-alpha.png")
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    atomic_write_text(results / f"{name}.json", json.dumps({
+        "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+        "command": "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:]), "rounds": a.rounds,
+        "local_epochs": a.local_epochs, "rows": rows}, indent=2, default=str) + "\n")
+    print(f"-> {results / name}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The privnerf command line."""

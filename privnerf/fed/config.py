@@ -1,0 +1,120 @@
+"""Configuration of a federated run (``privnerf fed run``), a nested dataclass exposed on the CLI by tyro."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Literal, Optional
+
+from privnerf.fed.local import AlphaRule
+from privnerf.fed.secure import SecAggSettings
+from privnerf.train.config import TrainConfig
+
+AGGREGATORS = ("learned", "fedavg", "fednerf", "centralized")
+
+
+def _default_train() -> TrainConfig:
+    t = TrainConfig()
+    t.personal.enabled = True
+    # Federated grids: every round every user uploads a masked int64 copy (8 bytes per value) and the server
+    # regenerates masks per user, so the global grid is capped well below the centralized default.
+    t.field.grid.max_voxels = 96**3
+    t.field.grid.grow_at = (0.1, 0.2, 0.3, 0.4)
+    # each round rebuilds the occupancy grid from the received aggregate, so the per-step refresh of the
+    # first centralized steps is needed only briefly (it costs ~0.5 s a step on one core)
+    t.render.occ_warmup_steps = 8
+    t.threads = 1
+    return t
+
+
+@dataclass
+class FedConfig:
+    data: str = ""
+    """A crowd dataset (privnerf data crowd): nerfstudio transforms.json with per-frame user_id, test = clean views."""
+    aggregator: Literal["learned", "fedavg", "fednerf", "centralized"] = "learned"
+    """learned = DecentNeRF; fedavg = DecentNeRF with pixel-count weights; fednerf = one field, FedAvg, the
+    server sees each update; centralized = all photos on one trainer, same model (the upper baseline)."""
+    rounds: int = 10
+    local_epochs: float = 1.0
+    """Passes over a user's pixels per round (fractions allowed)."""
+    engine: Literal["simulation", "deployment"] = "simulation"
+    insecure: bool = False
+    """Deployment engine without TLS (loopback testing only)."""
+    output: Optional[Path] = None
+    """Run directory (default outputs/<experiment>/fed-<aggregator>/<timestamp>)."""
+    experiment: str = "fed"
+    resume: bool = False
+    """Continue from the last completed round in --output."""
+    coverage: bool = True
+    """Coverage-weighted grid averaging: each voxel is averaged over the users whose training touched it
+    (weights alpha_k m_k), not diluted by users who never saw it; MLP weights use alpha_k. Off = the paper's
+    plain sum alpha_k g_k / sum alpha_k everywhere. Not used by fednerf (the paper's baseline)."""
+    coverage_weight: Literal["touched", "gradient"] = "touched"
+    """Per-voxel weight m_k for coverage weighting: 'touched' = 1 where the user's training changed the voxel;
+    'gradient' = the user's RMS gradient there (from its Adam second moments), scaled to a maximum of 1."""
+    keep_optimizer: bool = False
+    """Users keep their Adam moments between rounds (on the device) instead of restarting them each round."""
+    grad_batches: int = 4
+    """Batches of own rays for dL_k/dg (learned aggregation)."""
+    alpha: AlphaRule = dc_field(default_factory=AlphaRule)
+    secagg: SecAggSettings = dc_field(default_factory=SecAggSettings)
+    eval_every: int = 1
+    """Evaluate the global model every this many rounds (and after the last)."""
+    eval_max_images: Optional[int] = None
+    leakage_views: int = 3
+    """Training views per user rendered for the personal-content leakage measure."""
+    sim_cpus_per_client: float = 1.0
+    seed: int = 0
+    train: TrainConfig = dc_field(default_factory=_default_train)
+    """Local training (and, for centralized, the one trainer)."""
+    num_users: int = 0
+    """Filled in from the dataset."""
+    state_dir: str = ""
+    """Filled in: <output>/state (each client's private state lives under clients/)."""
+
+    def client_train_config(self) -> TrainConfig:
+        t = copy.deepcopy(self.train)
+        t.personal.enabled = self.aggregator != "fednerf"
+        t.seed = self.seed
+        return t
+
+    def to_json(self) -> str:
+        from privnerf.train.trainer import config_to_dict
+
+        return json.dumps(config_to_dict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FedConfig":
+        """Inverse of :meth:`to_json` (unknown keys are an error): how a Flower app process started by the
+        Deployment Engine gets the run's configuration back from ``config.json``."""
+        import dataclasses
+        import typing
+
+        from privnerf.train.config import config_from_dict
+
+        def build(klass, values: dict):
+            if not isinstance(values, dict):
+                raise ValueError(f"{klass.__name__}: expected an object, got {type(values).__name__}")
+            names = {f.name for f in dataclasses.fields(klass)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown config keys for {klass.__name__}: {sorted(unknown)}")
+            hints = typing.get_type_hints(klass)
+            kwargs = {}
+            for name, v in values.items():
+                t = hints[name]
+                if t is TrainConfig:
+                    v = config_from_dict(v)
+                elif dataclasses.is_dataclass(t):
+                    v = build(t, v)
+                elif name == "output" and v is not None:
+                    v = Path(v)
+                elif isinstance(v, list):
+                    v = tuple(v)
+                kwargs[name] = v
+            return klass(**kwargs)
+
+        return build(cls, json.loads(text))

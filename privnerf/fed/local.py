@@ -1,0 +1,241 @@
+"""One user's on-device work in DecentNeRF, without any Flower code: load the user's photos, train the global
+and personal fields from the received global weights, compute the loss gradient at the aggregate, update
+``alpha_k``, and keep the private state on disk between rounds.
+
+Everything here runs on the user's device. :mod:`privnerf.fed.client` wraps it in a Flower ``ClientApp`` and
+:mod:`privnerf.fed.messages` says what of it may leave.
+
+Decisions the paper leaves open (documented in docs/decentnerf.md with the measurements behind them):
+
+* **Where the gradient is taken**: at the *aggregated* ``g^(m-1)`` with the user's current personal state,
+  on ``grad_batches`` batches of the user's own training rays (Algorithm 1's lines 8-11 read both ways; the
+  aggregate is what ``g = sum alpha_k g_k`` differentiates through).
+* **Normalisation**: the server divides ``sum alpha_k g_k`` by ``sum alpha_k`` (both secure sums), so the
+  aggregate is a convex combination; each user rescales its ``alpha_k`` by the broadcast ``sum alpha`` so the
+  weights stay on the simplex and no value ever needs a bound above 1.
+* **The update**: with normalisation, ``dL/dalpha_k = <sum_j dL_j/dg, g_k - g> / sum alpha`` ("centred");
+  the paper's literal ``<sum_j dL_j/dg, g_k>`` ("raw") adds a term common to all users. Default: the centred
+  gradient in an exponentiated step ``alpha_k <- alpha_k exp(-eta d_k / |sum_j L_j|)``: divided by the summed
+  loss, ``d_k`` is the first-order *relative* change of everyone's loss if the global model moved to user k's
+  weights, which makes ``eta`` scale-free; the multiplicative form keeps ``alpha_k > 0``.
+* **Local work per round**: ``local_epochs`` passes over the user's pixels (a float; fractions allowed so
+  that the total client steps can match a centralized run). The learning rate follows one exponential
+  decay over all of a user's rounds (the step counter persists); Adam moments restart every round, as the
+  authors' prototype recreated its optimizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from privnerf.data.scene import Scene
+from privnerf.fed import messages
+from privnerf.train.checkpoint import atomic_torch_save
+from privnerf.train.config import TrainConfig
+from privnerf.train.trainer import Trainer
+
+_SCENE_CACHE: dict[tuple[str, str], Scene] = {}
+
+
+def load_dataset(data: str, split: str = "train") -> Scene:
+    """A dataset split, cached per process (simulation runs many clients in one worker)."""
+    from privnerf.data.loader import load_scene
+
+    key = (str(data), split)
+    if key not in _SCENE_CACHE:
+        _SCENE_CACHE[key] = load_scene(data, split=split)
+    return _SCENE_CACHE[key]
+
+
+def user_views(scene: Scene, user: int) -> list[int]:
+    """Indices of the views whose ``user_id`` is ``user`` (crowd datasets tag every photo with its owner)."""
+    ids = [m.get("user_id") for m in scene.frame_meta]
+    if all(i is None for i in ids):
+        raise ValueError(f"{scene.meta.get('source', 'dataset')}: no per-frame user_id; federated training needs a "
+                         "crowd dataset (privnerf data crowd)")
+    return [i for i, u in enumerate(ids) if u is not None and int(u) == int(user)]
+
+
+def load_user_scene(data: str, user: int) -> Scene:
+    scene = load_dataset(data, "train")
+    views = user_views(scene, user)
+    if not views:
+        raise ValueError(f"{data}: user {user} has no photos")
+    return scene.subset(views)
+
+
+@dataclass
+class AlphaRule:
+    """How a user updates its aggregation weight (see the module docstring)."""
+
+    eta: float = 2.0
+    gradient: str = "centred"
+    """'centred' (<sumG, g_k - g>) or 'raw' (the paper's <sumG, g_k>)."""
+    step: str = "exp"
+    """'exp' (alpha *= exp(-eta d / |sum L|)) or 'sgd' (alpha -= eta d, the paper's Eq. 1, floored)."""
+    floor: float = 1e-4
+
+
+@dataclass
+class UserState:
+    """What a user keeps between rounds (on the device only)."""
+
+    personal: dict[str, Any] | None = None
+    alpha: float = 0.0
+    steps: int = 0
+    previous_global: list[np.ndarray] | None = None
+    """The user's own global weights after last round's training (``g_k^(m-1)``), for the alpha update."""
+    alpha_history: list[float] = field(default_factory=list)
+    optimizer: dict[str, Any] | None = None
+    """Adam moments of the user's last round (kept when ``keep_optimizer``)."""
+
+
+class LocalUser:
+    """A user with its photos and private state directory.
+
+    Args:
+        user: the user id (``user_id`` in the crowd dataset).
+        data: the dataset path (only this user's photos are used).
+        cfg: the training configuration for local work (``cfg.personal.enabled`` for DecentNeRF).
+        state_dir: where the private state persists (survives a restart of the client process).
+        rounds, epochs: rounds and local epochs per round (the user's total steps set the learning-rate decay).
+    """
+
+    def __init__(self, user: int, data: str, cfg: TrainConfig, state_dir: Path, rounds: int, epochs: float,
+                 keep_optimizer: bool = False):
+        self.keep_optimizer = keep_optimizer
+        self.user = int(user)
+        self.scene = load_user_scene(data, self.user)
+        self.cfg = copy.deepcopy(cfg)
+        gc = self.cfg.field.grid
+        gc.grow_at = ()  # the server grows the global grids; clients take the shape they receive
+        gc.shrink_at_growth = 0
+        self.cfg.steps = max(rounds * self.steps_per_round(epochs), 1)
+        self.cfg.max_time = None
+        self.state_dir = Path(state_dir)
+        self.state_path = self.state_dir / f"user-{self.user:03d}.pt"
+        self.state = self._load_state()
+
+    @property
+    def num_pixels(self) -> int:
+        return int(sum(h * w for h, w in (self.scene.hw(i) for i in range(self.scene.num_views))))
+
+    def steps_per_round(self, epochs: float) -> int:
+        return max(1, int(round(epochs * self.num_pixels / self.cfg.optim.batch_rays)))
+
+    # -- private state ------------------------------------------------------------------------------
+    def _load_state(self) -> UserState:
+        if self.state_path.exists():
+            st = torch.load(self.state_path, map_location="cpu", weights_only=False)
+            return UserState(**st)
+        return UserState()
+
+    def save_state(self) -> None:
+        atomic_torch_save(self.state.__dict__, self.state_path)
+
+    # -- the trainer at the received global weights -------------------------------------------------
+    def trainer(self, global_arrays: list[np.ndarray]) -> Trainer:
+        t = Trainer(self.cfg, self.scene)
+        messages.load_global(t.field, global_arrays)
+        if t.personal is not None and self.state.personal is not None:
+            t.personal.load_state_dict(self.state.personal)
+        t.step_count = self.state.steps
+        t.generator.manual_seed(self.cfg.seed * 1_000_003 + self.user * 7919 + self.state.steps)
+        t._build_optimizers()  # grids may have been replaced by the received shapes
+        if self.keep_optimizer and self.state.optimizer is not None:
+            # moments of grids whose shape changed (the server grew them) restart inside GridAdam.step
+            t.grid_opt.load_state_dict(self.state.optimizer["grid"])
+            t.mlp_opt.load_state_dict(self.state.optimizer["mlp"])
+        st = self.cfg.render
+        t.occ.update(t.occupancy_density, t.occ_step, st.occ_threshold)
+        return t
+
+    def loss_gradient(self, global_arrays: list[np.ndarray], batches: int) -> tuple[list[np.ndarray], float]:
+        """``dL_k/dg`` at the received global weights (mean over ``batches`` batches of own rays) and ``L_k``."""
+        t = self.trainer(global_arrays)
+        params = messages.global_tensors(t.field)
+        grids = t.field.grids()
+        for g in grids:
+            g.grad_buffer().zero_()
+            g.touched_mask().zero_()
+        for p in params:
+            p.grad = None
+        total = 0.0
+        gen = torch.Generator().manual_seed(1000 + self.user)
+        for _ in range(batches):
+            batch = t.pixels.sample(self.cfg.optim.batch_rays, gen, with_image=t.personal is not None)
+            loss, _, _ = t.compute_loss(batch)
+            loss.backward()
+            total += float(loss.detach())
+        out = []
+        for k, p in zip(messages.global_keys(t.field), params):
+            if k.endswith("grid.data"):
+                grid = t.field.density_grid if k.startswith("density") else t.field.feature_grid
+                g = grid.grad_buffer() if grid.sparse else (p.grad if p.grad is not None else torch.zeros_like(p))
+            else:
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+            out.append((g.detach().cpu().double() / batches).numpy())
+        return out, total / batches
+
+    def update_alpha(self, grad_sum: list[np.ndarray], loss_sum: float, global_arrays: list[np.ndarray],
+                     alpha_sum: float, rule: AlphaRule) -> float | None:
+        """DecentNeRF's Alpha-Update on the device; returns ``d_k`` (or ``None`` if skipped: no previous
+        weights, or the server grew the grids since)."""
+        if alpha_sum > 0:
+            self.state.alpha /= alpha_sum  # back onto the simplex
+        prev = self.state.previous_global
+        if prev is None or any(np.shape(a) != np.shape(b) for a, b in zip(prev, global_arrays)):
+            return None
+        d = 0.0
+        for gs, gk, g in zip(grad_sum, prev, global_arrays):
+            x = gk.astype(np.float64) - (g.astype(np.float64) if rule.gradient == "centred" else 0.0)
+            d += float(np.dot(gs.ravel(), x.ravel()))
+        if rule.step == "exp":
+            z = -rule.eta * d / max(abs(loss_sum), 1e-12)
+            self.state.alpha *= math.exp(max(min(z, 20.0), -20.0))
+        else:
+            self.state.alpha = max(self.state.alpha - rule.eta * d, rule.floor)
+        self.state.alpha = max(self.state.alpha, rule.floor)
+        return d
+
+    @staticmethod
+    def _gradient_energy(t: Trainer) -> np.ndarray | None:
+        """Per-voxel RMS gradient of the global grids over the last ~100 steps (Adam's second moments),
+        scaled to a maximum of 1: how strongly this user's photos constrain each voxel."""
+        if t.grid_opt is None:
+            return None
+        sq = [st["exp_avg_sq"] for st in t.grid_opt.state[: len(t.field.grids())]]
+        e = sum(torch.sqrt(s).mean(dim=-1) for s in sq)
+        m = float(e.max())
+        return (e / m).double().numpy() if m > 0 else e.double().numpy()
+
+    def train(self, global_arrays: list[np.ndarray], epochs: float) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Local training from the received global weights and the user's own personal state."""
+        t = self.trainer(global_arrays)
+        steps = self.steps_per_round(epochs)
+        t0 = time.perf_counter()
+        psnr, samples = [], 0.0
+        for _ in range(steps):
+            s = t.step()
+            psnr.append(s["psnr"])
+            samples += s["samples"]
+        dt = time.perf_counter() - t0
+        self.state.steps = t.step_count
+        if self.keep_optimizer:
+            self.state.optimizer = {"grid": t.grid_opt.state_dict(), "mlp": t.mlp_opt.state_dict()}
+        if t.personal is not None:
+            self.state.personal = {k: v.detach().cpu().clone() for k, v in t.personal.state_dict().items()}
+        weights = messages.global_arrays(t.field)
+        self.state.previous_global = weights
+        self.gradient_energy = self._gradient_energy(t)
+        self.trainer_last = t
+        return weights, {"train_time_s": dt, "local_steps": steps, "samples": samples,
+                         "rays": float(steps * self.cfg.optim.batch_rays), "train_psnr": float(np.mean(psnr[-10:]))}

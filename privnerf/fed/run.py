@@ -1,0 +1,332 @@
+"""Run a federated experiment: the Flower Simulation Engine (default) with the server and client apps, or the
+centralized baseline on one trainer; per-round metrics to ``rounds.jsonl``, final ``results.json``.
+
+The harness plays the experimenter, not the server: it holds the dataset (clean evaluation views, the users'
+photos and personal-content masks) to *measure* what the server-accessible model reveals. The server role
+(:mod:`privnerf.fed.server`) never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from privnerf.data.scene import Scene
+from privnerf.eval.evaluate import evaluate_split
+from privnerf.eval.metrics import to_uint8
+from privnerf.fed.config import FedConfig
+from privnerf.fed.local import load_dataset, user_views
+from privnerf.privacy.leakage import personal_content_psnr
+from privnerf.render.occupancy import OccupancyGrid
+from privnerf.render.renderer import RenderSettings, render_image
+from privnerf.train.checkpoint import atomic_write_text
+from privnerf.train.trainer import Trainer, set_threads
+
+log = logging.getLogger(__name__)
+
+# Training FLOPs per shaded sample and per ray of our model (forward + backward ~ 3x forward), counted from
+# the layer sizes: trilinear on 13 global channels (+9 personal), the personal head, the per-ray colour MLP.
+FLOPS_PER_SAMPLE = 3 * (2 * 8 * 13 + 40)
+FLOPS_PER_SAMPLE_PERSONAL = 3 * (2 * 8 * 9 + 2 * (36 * 32 + 32 * 5) + 30)
+FLOPS_PER_RAY = 3 * 2 * (39 * 64 + 64 * 64 + 64 * 3)
+
+
+def default_run_dir(cfg: FedConfig) -> Path:
+    stamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    return Path("outputs") / cfg.experiment / f"fed-{cfg.aggregator}" / stamp
+
+
+def user_ids(scene: Scene) -> list[int]:
+    ids = sorted({int(m["user_id"]) for m in scene.frame_meta if m.get("user_id") is not None})
+    if not ids:
+        raise ValueError(f"{scene.meta.get('source', 'dataset')}: no per-frame user_id (make one with privnerf data crowd)")
+    if ids != list(range(len(ids))):
+        raise ValueError(f"user ids must be 0..K-1, got {ids[:10]}")
+    return ids
+
+
+class Harness:
+    """Builds the server's field and measures each round (the ``hooks`` of :class:`DecentServer`)."""
+
+    def __init__(self, cfg: FedConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.train_scene = load_dataset(cfg.data, "train")
+        self.eval_scene = load_dataset(cfg.data, "test")
+        self.users = user_ids(self.train_scene)
+        tc = cfg.client_train_config()
+        tc.personal.enabled = False
+        self.reference = Trainer(tc, self.eval_scene)  # the server's field: same box and start as the clients'
+        self.rounds_path = run_dir / "rounds.jsonl"
+        self.history: list[dict[str, Any]] = []
+
+    def field(self):
+        return self.reference.field
+
+    def settings(self, field) -> tuple[OccupancyGrid, RenderSettings]:
+        """Occupancy and render settings for a global field (no personal part)."""
+        t = self.reference
+        r = t.cfg.render
+        occ = OccupancyGrid(field.space.box, r.occ_resolution)
+        occ.update(field.density_space, t.occ_step, r.occ_threshold)
+        saved = t.field
+        t.field = field
+        try:
+            s = t.settings(inference=True)
+        finally:
+            t.field = saved
+        return occ, s
+
+    def measure(self, rnd: int, field, individual: dict | None, final: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        out: dict[str, Any] = {}
+        occ, settings = self.settings(field)
+        if final or rnd % max(cfg.eval_every, 1) == 0 or rnd == cfg.rounds:
+            renders = self.run_dir / "renders" / f"round-{rnd:03d}" if final else None
+            r = evaluate_split(field, occ, settings, self.eval_scene, out_dir=renders,
+                               max_images=cfg.eval_max_images, with_lpips=True, quiet=True)
+            out.update(psnr=r["psnr"], ssim=r["ssim"], lpips=r["lpips"], num_images=r["num_images"])
+            img = render_image(field, occ, torch.from_numpy(self.eval_scene.c2w[0]),
+                               torch.from_numpy(self.eval_scene.intrinsics[0]), *self.eval_scene.hw(0), settings)
+            path = self.run_dir / "renders" / "global" / f"round-{rnd:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            iio.imwrite(path, to_uint8(img["rgb"].cpu().numpy()))
+        leak = {}
+        for k in self.users:
+            if individual is not None:  # fednerf: the server holds user k's own upload
+                if k not in individual:
+                    continue
+                from privnerf.fed.messages import load_global
+
+                uf = self._scratch_field()
+                load_global(uf, individual[k])
+                uocc, us = self.settings(uf)
+                leak[k] = personal_content_psnr(uf, uocc, us, self.train_scene, k, cfg.leakage_views)
+            else:
+                leak[k] = personal_content_psnr(field, occ, settings, self.train_scene, k, cfg.leakage_views)
+        vals = [v for v in leak.values() if v is not None]
+        out["leakage_psnr"] = float(np.mean(vals)) if vals else None
+        out["leakage_psnr_per_user"] = {str(k): v for k, v in leak.items()}
+        return out
+
+    def _scratch_field(self):
+        import copy
+
+        return copy.deepcopy(self.reference.field)
+
+    def on_round(self, rnd: int, field, individual) -> dict[str, Any]:
+        out = self.measure(rnd, field, individual, final=rnd == self.cfg.rounds)
+        out.update(self._alpha_snapshot())
+        return out
+
+    def _alpha_snapshot(self) -> dict[str, Any]:
+        """The users' current alphas, read from their state files (the experimenter's view, for plots)."""
+        alphas = {}
+        if self.cfg.aggregator not in ("learned", "fedavg"):
+            return {}
+        for k in self.users:
+            p = Path(self.cfg.state_dir) / "clients" / f"user-{k:03d}.pt"
+            if p.exists():
+                st = torch.load(p, map_location="cpu", weights_only=False)
+                alphas[str(k)] = float(st.get("alpha", 0.0))
+        return {"alpha": alphas} if alphas else {}
+
+    def render_user_views(self, field, max_users: int = 6) -> None:
+        """For the report: per user, one photo with its personal content, the server's render there, and the
+        user's own render (global + its personal field, from the user's state on its device)."""
+        from privnerf.fields.personal_field import PersonalField
+        from privnerf.privacy.leakage import personal_views
+        from privnerf.render.renderer import render_image_personal
+
+        out = self.run_dir / "renders" / "users"
+        out.mkdir(parents=True, exist_ok=True)
+        occ, settings = self.settings(field)
+        sc = self.train_scene
+        for k in self.users[:max_users]:
+            views = personal_views(sc, k, 1)
+            if not views:
+                continue
+            v = views[0]
+            c2w, intr = torch.from_numpy(sc.c2w[v]), torch.from_numpy(sc.intrinsics[v])
+            h, w = sc.hw(v)
+            iio.imwrite(out / f"user-{k}-photo.png", to_uint8(sc.images[v]))
+            server = render_image(field, occ, c2w, intr, h, w, settings)
+            iio.imwrite(out / f"user-{k}-server.png", to_uint8(server["rgb"].cpu().numpy()))
+            state = Path(self.cfg.state_dir) / "clients" / f"user-{k:03d}.pt"
+            if not state.exists():
+                continue
+            st = torch.load(state, map_location="cpu", weights_only=False)
+            if not st.get("personal"):
+                continue
+            own = user_views(sc, k)
+            pc = self.cfg.client_train_config().personal
+            pf = PersonalField(pc, field.space.box, len(own), field.cfg.feature_dim, self.reference.occ_step)
+            pf.load_state_dict(st["personal"])
+            both = OccupancyGrid(field.space.box, self.reference.cfg.render.occ_resolution)
+            both.update(lambda xs: field.density_space(xs) + pf.density_bound(xs), self.reference.occ_step,
+                        self.reference.cfg.render.occ_threshold)
+            mine = render_image_personal(field, pf, both, c2w, intr, h, w, own.index(v), settings)
+            iio.imwrite(out / f"user-{k}-user.png", to_uint8(mine["rgb"].cpu().numpy()))
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """On resume: ``rounds.jsonl`` becomes the server's saved history (it may lack the last round if the
+        server died between saving its state and writing the file)."""
+        self.history = []
+        for info in history:
+            self.record(info)
+
+    def record(self, info: dict[str, Any]) -> None:
+        """Append one round to ``rounds.jsonl`` (rewritten atomically)."""
+        self.history.append(info)
+        text = "".join(json.dumps(h, default=_json_default) + "\n" for h in self.history)
+        atomic_write_text(self.rounds_path, text)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def prepare_run(cfg: FedConfig) -> Path:
+    """Resolve the run directory (refusing to overwrite a run unless resuming), fill in the derived config
+    fields (``state_dir``, ``num_users``) and write ``config.json``."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    run_dir = Path(cfg.output) if cfg.output is not None else default_run_dir(cfg)
+    if (run_dir / "server" / "state.pt").exists() and not cfg.resume:
+        raise FileExistsError(f"{run_dir} already holds a federated run; pass --resume or choose another --output")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.output = run_dir
+    cfg.state_dir = str(run_dir / "state")
+    cfg.num_users = len(user_ids(load_dataset(cfg.data, "train")))
+    atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+    return run_dir
+
+
+def serve(cfg: FedConfig, grid, context) -> dict[str, Any]:
+    """The ServerApp's body, in whichever process Flower runs it (simulation or deployment): the round loop
+    with the harness measuring each round, then ``results.json`` and ``report.html``."""
+    from privnerf.fed.server import DecentServer
+
+    run_dir = Path(cfg.output)
+    t0 = time.perf_counter()
+    harness = Harness(cfg, run_dir)
+    srv = DecentServer(cfg, harness.field(), run_dir, harness)
+    srv.run(grid, context)
+    harness.render_user_views(srv.field)
+    return finish(cfg, run_dir, _summarise(cfg, harness, srv.state.history, srv.flops), t0)
+
+
+def finish(cfg: FedConfig, run_dir: Path, results: dict[str, Any], t0: float) -> dict[str, Any]:
+    from privnerf.eval.report import write_fed_report
+
+    results["wall_time_s"] = time.perf_counter() - t0
+    results["run_dir"] = str(run_dir)
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, default=_json_default) + "\n")
+    results["report"] = str(write_fed_report(run_dir))
+    return results
+
+
+def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` on the Simulation Engine (or centralized) and return the results in ``results.json``."""
+    run_dir = prepare_run(cfg)
+    if cfg.aggregator == "centralized":
+        t0 = time.perf_counter()
+        return finish(cfg, run_dir, _run_centralized(cfg, Harness(cfg, run_dir), quiet), t0)
+    return _run_simulation(cfg, quiet)
+
+
+def _run_simulation(cfg: FedConfig, quiet: bool) -> dict[str, Any]:
+    from flwr.server import ServerApp
+    from flwr.simulation import run_simulation
+
+    from privnerf.fed.client import make_client_app
+
+    errors: list[BaseException] = []
+    results: dict[str, Any] = {}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context):
+        try:
+            results.update(serve(cfg, grid, context))
+        except BaseException as e:  # Flower logs and swallows ServerApp errors; keep them to re-raise
+            errors.append(e)
+            raise
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    backend = {"client_resources": {"num_cpus": float(cfg.sim_cpus_per_client), "num_gpus": 0.0},
+               "init_args": {"num_cpus": cores, "include_dashboard": False, "log_to_driver": not quiet}}
+    if quiet:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    run_simulation(server_app=app, client_app=make_client_app(cfg), num_supernodes=cfg.num_users,
+                   backend_config=backend)
+    if errors:
+        raise RuntimeError(f"the server failed: {errors[0]!r}") from errors[0]
+    return results
+
+
+def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops: dict) -> dict[str, Any]:
+    last = hist[-1] if hist else {}
+    steps = sum(sum(h.get("local_steps", [])) for h in hist)
+    samples = sum(sum(h.get("client_samples", [])) for h in hist)
+    rays = sum(sum(h.get("client_rays", [])) for h in hist)
+    per_sample = FLOPS_PER_SAMPLE + (FLOPS_PER_SAMPLE_PERSONAL if cfg.aggregator != "fednerf" else 0)
+    client_flops = samples * per_sample + rays * FLOPS_PER_RAY
+    total_server = float(sum(server_flops.values()))
+    return {
+        "aggregator": cfg.aggregator, "rounds": cfg.rounds, "users": cfg.num_users, "local_epochs": cfg.local_epochs,
+        "psnr": last.get("psnr"), "ssim": last.get("ssim"), "lpips": last.get("lpips"),
+        "num_images": last.get("num_images"), "split": "test",
+        "leakage_psnr": last.get("leakage_psnr"),
+        "leakage_psnr_max_round": max((h.get("leakage_psnr") or -1 for h in hist), default=None),
+        "server_flops": total_server, "server_flops_detail": server_flops,
+        "client_steps": steps, "client_train_time_s": sum(sum(h.get("client_train_time_s", [])) for h in hist),
+        "bytes_up_per_client_per_round": last.get("bytes_up_per_client"),
+        "bytes_down_per_client_per_round": last.get("bytes_down_per_client"),
+        "client_training_flops": client_flops, "samples_per_step": samples / max(steps, 1),
+    }
+
+
+def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str, Any]:
+    """All users' photos on one trainer with the same model (global + personal field); the same total steps."""
+    set_threads(None)
+    tc = cfg.client_train_config()
+    tc.personal.enabled = True
+    scene = harness.train_scene
+    per_user = []
+    for k in harness.users:
+        px = sum(h * w for h, w in (scene.hw(i) for i in user_views(scene, k)))
+        per_user.append(max(1, int(round(cfg.local_epochs * px / tc.optim.batch_rays))))
+    tc.steps = cfg.rounds * sum(per_user)
+    tc.max_time = None
+    trainer = Trainer(tc, scene, harness.run_dir)
+    rays = samples = 0.0
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(tc.steps), disable=quiet, desc="centralized"):
+        st = trainer.step()
+        rays += st["rays"]
+        samples += st["samples"]
+    train_time = time.perf_counter() - t0
+    trainer.save_checkpoint()
+    info = {"round": cfg.rounds, "aggregator": "centralized", "client_train_time_s": [train_time],
+            "local_steps": [tc.steps], "client_samples": [samples], "client_rays": [rays]}
+    info.update(harness.measure(cfg.rounds, trainer.field, None, final=True))
+    harness.record(info)
+    harness.render_user_views(trainer.field)
+    out = _summarise(cfg, harness, [info], {})
+    out["server_flops"] = out["client_training_flops"]  # the centralized server does all the training
+    return out

@@ -1,0 +1,333 @@
+"""The DecentNeRF server as a Flower ``ServerApp``: two secure sums per round and nothing else.
+
+Per round ``m`` (Algorithm 1 of the paper, with the decisions documented in :mod:`privnerf.fed.local`):
+
+1. (learned, ``m >= 2``) SecAgg+ over ``[dL_k/dg, L_k]`` at the last aggregate -> ``sum_k dL_k/dg``, ``sum_k L_k``;
+2. SecAgg+ over ``[alpha_k g_k, alpha_k]`` after local training (the clients receive the last aggregate and,
+   for learned aggregation, the gradient sum for their alpha update) -> ``g = sum alpha_k g_k / sum alpha_k``.
+
+The server never holds an individual update: both sums run through Flower's ``SecAggPlusWorkflow``, whose
+unmasking yields only the sum. ``fednerf`` (the paper's FedNeRF baseline) is plain FedAvg on a single field,
+in which the server does see each update; it is there to be compared against.
+
+The server grows the global grids between rounds (clients take the shape they receive), saves the global
+model and its own state atomically after every round, and resumes from the last completed round. A
+``hooks.on_round(round, field, info)`` callback (the experiment harness: evaluation, leakage) sees what the
+server sees: the aggregate, and for ``fednerf`` each user's uploaded model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.app import ConfigRecord, Context
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.default_workflows import default_fit_workflow
+import flwr.compat.common.recorddict_compat as compat
+
+from privnerf.fed import messages
+from privnerf.fed.config import FedConfig
+from privnerf.fed.secure import quantization_bound, unscale_sum
+from privnerf.fields.grid_field import GridField
+from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class RoundStrategy(FedAvg):
+    """Sends one phase's instructions to every user and keeps what comes back (for a secure sum, Flower puts
+    the unmasked *sum* into every result; for ``fednerf``, the individual updates)."""
+
+    def __init__(self, num_users: int):
+        super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=num_users,
+                         min_evaluate_clients=0, min_available_clients=num_users, accept_failures=True)
+        self.fit_config: dict[str, Any] = {}
+        self.results: list = []
+        self.failures: list = []
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        return [(proxy, FitIns(parameters, dict(self.fit_config))) for proxy, _ in pairs]
+
+    def aggregate_fit(self, server_round, results, failures):
+        self.results, self.failures = list(results), list(failures)
+        if not results:
+            return None, {}
+        return results[0][1].parameters, {}
+
+
+@dataclass
+class ServerState:
+    """What the server keeps between rounds (``server/state.pt``)."""
+
+    round: int = 0
+    arrays: list[np.ndarray] | None = None
+    grow_count: int = 0
+    alpha_sum: float = 0.0
+    grad_max: list[float] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def arrays_digest(arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+class DecentServer:
+    """The round loop. ``field`` is the server's copy of the global field (the aggregate lives in it)."""
+
+    def __init__(self, cfg: FedConfig, field_: GridField, run_dir: Path, hooks=None):
+        self.cfg = cfg
+        self.field = field_
+        self.run_dir = Path(run_dir)
+        self.hooks = hooks
+        self.state_path = self.run_dir / "server" / "state.pt"
+        self.state = ServerState()
+        self.flops = {"sum": 0.0, "unmask": 0.0, "normalise": 0.0, "dot": 0.0}
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def resume(self) -> bool:
+        if not self.state_path.exists():
+            return False
+        st = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        self.state = ServerState(**st)
+        self.field.grow_count.fill_(self.state.grow_count)
+        messages.load_global(self.field, self.state.arrays)  # takes the saved (grown) grid shapes
+        log.info("resumed after round %d, global weights %s", self.state.round,
+                 arrays_digest(messages.global_arrays(self.field)))
+        return True
+
+    def save(self) -> None:
+        self.state.arrays = messages.global_arrays(self.field)
+        self.state.grow_count = int(self.field.grow_count)
+        atomic_torch_save(self.state.__dict__, self.state_path)
+        atomic_torch_save({"field": self.field.state_dict(), "round": self.state.round,
+                           "digest": arrays_digest(self.state.arrays)}, self.run_dir / "server" / "global.pt")
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self, grid, context: Context) -> None:
+        cfg = self.cfg
+        if cfg.resume and self.resume():
+            if self.hooks is not None and hasattr(self.hooks, "restore"):
+                self.hooks.restore(self.state.history)
+        elif self.state.arrays is None:
+            self.state.arrays = messages.global_arrays(self.field)
+        with legacy_session(grid, context, cfg.num_users, cfg.rounds) as legacy:
+            self.legacy = legacy
+            for rnd in range(self.state.round + 1, cfg.rounds + 1):
+                self._round(grid, context, legacy.strategy, rnd)
+
+    def _grow_if_due(self, rnd: int) -> None:
+        progress = (rnd - 1) / max(self.cfg.rounds, 1)
+        while self.field.pending_growth(progress):
+            self.field.grow()
+            log.info("round %d: global grids grown to %s", rnd, self.field.density_grid.resolution)
+
+    def _round(self, grid, context, strategy: RoundStrategy, rnd: int) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self._grow_if_due(rnd)
+        g = messages.global_arrays(self.field)
+        n_global = len(g)
+        info: dict[str, Any] = {"round": rnd, "aggregator": cfg.aggregator,
+                                "grid_resolution": list(self.field.density_grid.resolution)}
+        base = {"n_global": n_global, "alpha_rule": json.dumps(cfg.alpha.__dict__)}
+        train_params = list(g)
+        bytes_down = sum(a.nbytes for a in g)
+        bytes_up = 0
+        if cfg.aggregator == "learned" and rnd >= 2:
+            bounds = messages.grad_bounds(self.field, None if self.state.grad_max is None else
+                                          [np.array([m]) for m in self.state.grad_max])
+            out = secure_sum(grid, self.legacy, rnd, g, {**base, "phase": "grad", "bounds": messages.encode_bounds(bounds)},
+                             bounds, cfg.secagg, self.flops)
+            if out is not None:
+                sums, n = out
+                grad_sum, loss_sum = sums[:-1], float(sums[-1].ravel()[0])
+                self.state.grad_max = [float(np.max(np.abs(a))) for a in grad_sum]
+                train_params = list(g) + [a.astype(np.float32) for a in grad_sum] + [np.array([loss_sum])]
+                info.update(loss_sum=loss_sum, grad_users=n,
+                            grad_quantization_bound=max(quantization_bound(bounds[:-1], n)))
+                bytes_up += 8 * (sum(int(np.size(a)) for a in sums) + 1)
+                bytes_down += sum(a.nbytes for a in g)
+        bytes_down += sum(a.nbytes for a in train_params[n_global:])
+        config = {**base, "phase": "train", "alpha_sum": float(self.state.alpha_sum)}
+        individual = None
+        if cfg.aggregator == "fednerf":
+            exchange(grid, self.legacy, rnd, train_params, config)
+            new, individual, n = self._plain_mean(strategy, rnd)
+            bytes_up += sum(a.nbytes for a in g)
+        else:
+            coverage = bool(cfg.coverage)
+            bounds = (messages.coverage_weighted_bounds if coverage else messages.weight_bounds)(self.field, g)
+            config["bounds"] = messages.encode_bounds(bounds)
+            config["coverage"] = coverage
+            config["coverage_weight"] = cfg.coverage_weight
+            out = secure_sum(grid, self.legacy, rnd, train_params, config, bounds, cfg.secagg, self.flops)
+            new = None
+            if out is not None:
+                sums, n = out
+                alpha_sum = float(sums[-1].ravel()[0])
+                if alpha_sum > 0:
+                    new = self._normalise(g, sums, alpha_sum, coverage, info)
+                    self.state.alpha_sum = alpha_sum
+                    info.update(alpha_sum=alpha_sum, weight_quantization_bound=max(quantization_bound(bounds, n)) / alpha_sum)
+                bytes_up += 8 * (sum(int(np.size(a)) for a in sums) + 1)
+        if new is not None:
+            try:
+                messages.check_arrays(self.field, new, f"round {rnd} aggregate")
+            except ValueError as e:
+                log.error("%s; round rejected, the global model is unchanged", e)
+                new = None
+        if new is not None:
+            messages.load_global(self.field, new)
+            info["users"] = n
+        else:
+            info["rejected"] = True
+        info["client_train_time_s"] = [float(r.metrics.get("train_time_s", 0.0)) for _, r in strategy.results]
+        info["local_steps"] = [int(r.metrics.get("local_steps", 0)) for _, r in strategy.results]
+        info["client_samples"] = [float(r.metrics.get("samples", 0.0)) for _, r in strategy.results]
+        info["client_rays"] = [float(r.metrics.get("rays", 0.0)) for _, r in strategy.results]
+        info["failures"] = len(strategy.failures)
+        info["bytes_up_per_client"] = bytes_up
+        info["bytes_down_per_client"] = bytes_down
+        info["server_flops"] = dict(self.flops)
+        info["round_time_s"] = time.perf_counter() - t0
+        info["global_digest"] = arrays_digest(messages.global_arrays(self.field))
+        if self.hooks is not None:
+            info.update(self.hooks.on_round(rnd, self.field, individual) or {})
+        # the round counts as completed once its weights, state and measurements are saved together; a server
+        # killed before this line redoes the round from the previous round's weights
+        self.state.history.append(info)
+        self.state.round = rnd
+        self.save()
+        if self.hooks is not None and hasattr(self.hooks, "record"):
+            self.hooks.record(info)
+        log.info("round %d done in %.1f s", rnd, info["round_time_s"])
+
+    def _normalise(self, g: list[np.ndarray], sums: list[np.ndarray], alpha_sum: float, coverage: bool,
+                   info: dict) -> list[np.ndarray]:
+        """Secure sums -> the new global arrays: ``sum alpha g / sum alpha``, or per voxel
+        ``sum alpha m g / sum alpha m`` (voxels nobody touched keep their value)."""
+        keys = messages.global_keys(self.field)
+        if not coverage:
+            return [(a / alpha_sum).astype(np.float32) for a in sums[:-1]]
+        cov = sums[len(keys)]
+        # a voxel counts as touched when its summed weight is well above the quantization noise
+        touched = cov > 1e-3 * alpha_sum
+        info["touched_fraction"] = float(touched.mean())
+        out = []
+        for k, s, old in zip(keys, sums, g):
+            if messages.is_grid_key(k):
+                safe = np.where(touched, cov, 1.0)[..., None]
+                out.append(np.where(touched[..., None], s / safe, old).astype(np.float32))
+            else:
+                out.append((s / alpha_sum).astype(np.float32))
+        self.flops["normalise"] += 2 * sum(int(np.size(a)) for a in sums)
+        return out
+
+    def _plain_mean(self, strategy: RoundStrategy, rnd: int):
+        """fednerf: pixel-weighted mean of the individual updates; non-finite or misshapen ones are rejected."""
+        kept, weights, individual = [], [], {}
+        for proxy, res in strategy.results:
+            arrays = parameters_to_ndarrays(res.parameters)
+            try:
+                messages.check_arrays(self.field, arrays, f"round {rnd} update from node {proxy.node_id}")
+            except ValueError as e:
+                log.error("%s: rejected", e)
+                continue
+            kept.append(arrays)
+            weights.append(float(res.num_examples))
+            individual[int(res.metrics.get("user", proxy.node_id))] = arrays
+        if not kept:
+            return None, individual, 0
+        w = np.asarray(weights) / sum(weights)
+        mean = [sum(wi * a[j].astype(np.float64) for wi, a in zip(w, kept)).astype(np.float32) for j in range(len(kept[0]))]
+        self.flops["sum"] += len(kept) * sum(int(np.size(a)) for a in mean) * 2
+        return mean, individual, len(kept)
+
+
+@contextlib.contextmanager
+def legacy_session(grid, context: Context, num_users: int, rounds: int):
+    """A ``LegacyContext`` (what Flower's SecAgg+ workflow requires) with a :class:`RoundStrategy` and a client
+    manager kept up to date with the grid's nodes for the duration of the block."""
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=RoundStrategy(num_users))
+    thread, f_stop, c_done = start_update_client_manager_thread(grid, legacy.client_manager)
+    c_done.wait()
+    try:
+        yield legacy
+    finally:
+        f_stop.set()
+        thread.join()
+
+
+def exchange(grid, legacy: LegacyContext, rnd: int, parameters: list[np.ndarray], config: dict[str, Any],
+             secagg=None) -> None:
+    """Send ``parameters`` and ``config`` to every user and collect the replies into ``legacy.strategy``:
+    through Flower's SecAgg+ workflow when ``secagg`` (settings) is given, else the plain fit workflow."""
+    strategy = legacy.strategy
+    strategy.fit_config = config
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters(parameters), True)
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
+    strategy.results, strategy.failures = [], []
+    if secagg is not None:
+        SecAggPlusWorkflow(**secagg.workflow_kwargs())(grid, legacy)
+    else:
+        default_fit_workflow(grid, legacy)
+
+
+def secure_sum(grid, legacy: LegacyContext, rnd: int, parameters: list[np.ndarray], config: dict[str, Any],
+               bounds: list[float], secagg, flops: dict[str, float] | None = None) -> tuple[list[np.ndarray], int] | None:
+    """One SecAgg+ sum: every user replies with arrays scaled by :func:`privnerf.fed.secure.scale_for_secagg`
+    under ``bounds``; returns the plain sum of their unscaled arrays and the number of users in it (``None``
+    if the protocol produced no sum)."""
+    exchange(grid, legacy, rnd, parameters, config, secagg)
+    strategy = legacy.strategy
+    if not strategy.results:
+        log.error("round %d (%s): secure aggregation produced no sum (%d failures)", rnd, config.get("phase"),
+                  len(strategy.failures))
+        return None
+    n = len(strategy.results)
+    mean = parameters_to_ndarrays(strategy.results[0][1].parameters)
+    if len(mean) != len(bounds):
+        log.error("round %d: secure sum has %d arrays, expected %d; round rejected", rnd, len(mean), len(bounds))
+        return None
+    clipped = sum(int(r.metrics.get("clipped", 0)) for _, r in strategy.results)
+    if clipped:
+        log.warning("round %d (%s): users clipped %d values to the agreed bounds", rnd, config.get("phase"), clipped)
+    if flops is not None:
+        d = sum(int(np.size(a)) for a in mean)
+        flops["sum"] += (n - 1) * d
+        flops["unmask"] += 2 * n * d  # regenerate each user's self-mask, subtract it
+        flops["normalise"] += 4 * d   # dequantize, offset, unscale
+    return unscale_sum(mean, bounds, n, secagg.clipping_range), n
+
+
+def make_server_app(cfg: FedConfig, field_factory: Callable[[], GridField], run_dir: Path, hooks=None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context: Context) -> None:
+        DecentServer(cfg, field_factory(), run_dir, hooks).run(grid, context)
+
+    return app
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")

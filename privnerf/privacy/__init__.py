@@ -1,0 +1,1 @@
+"""Attacks and leakage measures, each usable against any run directory or model."""

@@ -1,0 +1,62 @@
+"""Personal-content leakage: how well a model the server can access reproduces a user's personal content.
+
+DecentNeRF's measure (Sec. 6, Fig. 7): render the server-accessible model at a user's *training* views and
+score it against the user's photo only inside the personal-content mask. Higher PSNR = more leakage. Our
+exact definition (the paper leaves it open): per view, PSNR over the pixels of that user's static person
+(mask label ``user + 1``), from the mean squared error of 8-bit-rounded colours; per user, the mean over
+its views; overall, the mean over users. Only the masked pixels' rays are rendered, so it is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from privnerf.data.cameras import rays_from_pixels
+from privnerf.data.scene import Scene
+from privnerf.render.renderer import RenderSettings, render_rays
+
+
+def masked_psnr(pred: np.ndarray, target: np.ndarray) -> float:
+    """PSNR of ``(m, 3)`` colours in [0, 1] after 8-bit rounding (``inf`` if identical)."""
+    p = np.round(np.clip(pred, 0, 1) * 255) / 255
+    t = np.round(np.clip(target, 0, 1) * 255) / 255
+    mse = float(np.mean((p - t) ** 2))
+    return float("inf") if mse == 0 else -10 * math.log10(mse)
+
+
+@torch.no_grad()
+def render_pixels(field, occ, settings: RenderSettings, scene: Scene, view: int, vs: np.ndarray, us: np.ndarray,
+                  chunk: int = 16384) -> np.ndarray:
+    """Render pixels ``(v, u)`` of ``view`` → ``(m, 3)`` colours."""
+    c2w = torch.from_numpy(scene.c2w[view]).float()
+    intr = torch.from_numpy(scene.intrinsics[view]).float()
+    u = torch.from_numpy(us.astype(np.int64))
+    v = torch.from_numpy(vs.astype(np.int64))
+    o, d, _ = rays_from_pixels(c2w.expand(len(u), 4, 4), intr.expand(len(u), 4), u, v)
+    dev = settings.background.device
+    out = [render_rays(field, occ, o[i : i + chunk].to(dev), d[i : i + chunk].to(dev), settings)["rgb"].cpu()
+           for i in range(0, len(u), chunk)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
+
+
+def personal_views(scene: Scene, user: int, max_views: int | None = None) -> list[int]:
+    """The user's views in which its static personal content is visible (mask label ``user + 1``)."""
+    if scene.masks is None:
+        raise ValueError("personal-content leakage needs the crowd dataset's masks")
+    views = [i for i, m in enumerate(scene.frame_meta)
+             if m.get("user_id") is not None and int(m["user_id"]) == user and np.any(scene.masks[i] == user + 1)]
+    return views[:max_views] if max_views else views
+
+
+def personal_content_psnr(field, occ, settings: RenderSettings, scene: Scene, user: int,
+                          max_views: int | None = 3) -> float | None:
+    """Mean PSNR over the user's views inside its personal-content mask (``None`` if it has no such view)."""
+    scores = []
+    for view in personal_views(scene, user, max_views):
+        vs, us = np.nonzero(scene.masks[view] == user + 1)
+        pred = render_pixels(field, occ, settings, scene, view, vs, us)
+        scores.append(masked_psnr(pred, scene.images[view][vs, us]))
+    return float(np.mean(scores)) if scores else None

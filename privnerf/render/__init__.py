@@ -1,0 +1,1 @@
+"""Rendering: samplers (occupancy grid, ray marching), volume rendering, full-image renders."""

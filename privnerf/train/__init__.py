@@ -1,0 +1,1 @@
+"""The one training loop (Trainer), its configuration, optimizers, ray sampling and checkpoints."""

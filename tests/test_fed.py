@@ -1,0 +1,186 @@
+"""DecentNeRF pieces that need no Flower run: SecAgg+ scaling, the personal field and its compositing, the
+alpha update, the message schema checks, and the baseline server's rejection of bad updates."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from privnerf.fed import messages
+from privnerf.fed.local import AlphaRule, LocalUser, UserState
+from privnerf.fed.secure import next_bounds, quantization_bound, scale_for_secagg, unscale_sum
+from privnerf.fields.grid_field import GridField, GridFieldConfig
+from privnerf.fields.personal_field import PersonalField, PersonalFieldConfig
+from privnerf.render.occupancy import OccupancyGrid
+from privnerf.render.renderer import RenderSettings, render_rays, render_rays_personal
+
+BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+
+
+def small_field(seed: int = 0) -> GridField:
+    torch.manual_seed(seed)
+    f = GridField(GridFieldConfig(num_voxels_start=16**3), BOX, contraction=False, step_size=0.05)
+    with torch.no_grad():
+        f.density_grid.data.normal_(0, 2.0)
+        f.feature_grid.data.normal_(0, 0.5)
+    return f
+
+
+# -- SecAgg+ scaling ------------------------------------------------------------------------------------
+def test_scaling_round_trip_counts_clipping_and_refuses_nan():
+    rng = np.random.default_rng(0)
+    users = [[rng.normal(0, 1, 50).astype(np.float32), rng.normal(0, 0.01, 7)] for _ in range(3)]
+    bounds = [1.5, 0.05]
+    scaled, clipped = zip(*(scale_for_secagg(u, bounds) for u in users))
+    assert all(s.dtype == np.float64 for sc in scaled for s in sc)
+    assert all(np.abs(s).max() <= 8.0 for sc in scaled for s in sc)
+    expect_clipped = [int(sum((np.abs(a) > b).sum() for a, b in zip(u, bounds))) for u in users]
+    assert list(clipped) == expect_clipped and sum(clipped) > 0  # N(0,1) exceeds 1.5 in ~13 % of draws
+    mean = [sum(sc[j] for sc in scaled) / 3 for j in range(2)]
+    total = unscale_sum(mean, bounds, 3)
+    for j, b in enumerate(bounds):
+        np.testing.assert_allclose(total[j], sum(np.clip(u[j], -b, b) for u in users), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        scale_for_secagg([np.array([1.0, np.nan])], [1.0])
+    assert quantization_bound([1.0], 4)[0] == pytest.approx(4 * 2 / 2**22)
+    assert next_bounds([np.array([0.5, -3.0])], [1.0], 2.0) == [6.0]
+    assert next_bounds(None, [1.5], 2.0) == [1.5]
+
+
+# -- personal field and NeRF-W compositing --------------------------------------------------------------
+def test_personal_density_is_bounded_by_its_grid_term():
+    pf = PersonalField(PersonalFieldConfig(resolution=12), BOX, num_images=3, global_dim=12, step_size=0.05)
+    with torch.no_grad():
+        pf.density_grid.data.normal_(0, 3.0)
+    xs = torch.rand(500, 3) * 2 - 1
+    sigma, rgb, beta = pf(xs, torch.randn(500, 12), torch.randint(0, 3, (500,)))
+    assert torch.all(sigma <= pf.density_bound(xs) + 1e-6)
+    assert rgb.shape == (500, 3) and torch.all((rgb >= 0) & (rgb <= 1)) and torch.all(beta >= 0)
+
+
+def test_empty_personal_field_renders_exactly_the_global_field():
+    field = small_field()
+    pf = PersonalField(PersonalFieldConfig(resolution=8), field.space.box, num_images=2, global_dim=12, step_size=0.05)
+    with torch.no_grad():
+        pf.density_grid.data.fill_(-1e4)  # no personal density anywhere
+    occ = OccupancyGrid(field.space.box, 16)
+    occ.update(field.density_space, 0.05, 1e-3)
+    settings = RenderSettings(0.0, 4.0, 0.02, torch.tensor([1.0, 1.0, 1.0]))
+    torch.manual_seed(1)
+    origins = torch.tensor([[0.0, 0.0, 3.0]]).repeat(64, 1)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3) * 0.2 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    with torch.no_grad():
+        a = render_rays(field, occ, origins, dirs, settings)
+        b = render_rays_personal(field, pf, occ, origins, dirs, torch.zeros(64, dtype=torch.long), settings)
+    torch.testing.assert_close(b["rgb"], a["rgb"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b["beta"], torch.full((64,), pf.cfg.beta_min))
+    assert float(b["personal_opacity"].abs().max()) < 1e-6
+
+
+def test_personal_content_occludes_the_global_field():
+    """An opaque personal blob in front of the global content hides it (transmittance through both fields)."""
+    field = small_field()
+    pf = PersonalField(PersonalFieldConfig(resolution=8, appearance=False), field.space.box, 1, 12, 0.05)
+    with torch.no_grad():
+        pf.density_grid.data.fill_(200.0)  # opaque everywhere
+        pf.mlp[-1].bias.copy_(torch.tensor([20.0, -20.0, 20.0, -20.0, 0.0]))  # gate open, colour (0, 1, 0)
+    occ = OccupancyGrid(field.space.box, 16)
+    settings = RenderSettings(0.0, 4.0, 0.02, torch.tensor([1.0, 1.0, 1.0]))
+    origins = torch.tensor([[0.0, 0.0, 3.0]]).repeat(8, 1)
+    dirs = torch.tensor([[0.0, 0.0, -1.0]]).repeat(8, 1)
+    with torch.no_grad():
+        out = render_rays_personal(field, pf, occ, origins, dirs, torch.zeros(8, dtype=torch.long), settings)
+    torch.testing.assert_close(out["rgb"], torch.tensor([[0.0, 1.0, 0.0]]).repeat(8, 1), atol=2e-3, rtol=0)
+    assert float(out["personal_opacity"].min()) > 0.99
+
+
+# -- the alpha update -----------------------------------------------------------------------------------
+def _user_with(alpha: float, previous: list[np.ndarray]) -> LocalUser:
+    u = LocalUser.__new__(LocalUser)
+    u.state = UserState(alpha=alpha, previous_global=previous)
+    return u
+
+
+def test_alpha_grows_for_users_whose_weights_lower_everyones_loss():
+    g = [np.zeros(4, np.float32)]
+    grad_sum = [np.array([1.0, 0.0, 0.0, 0.0])]  # loss rises along +x0
+    good = _user_with(0.5, [np.array([-0.1, 0, 0, 0], np.float32)])   # moved downhill
+    bad = _user_with(0.5, [np.array([0.1, 0, 0, 0], np.float32)])     # moved uphill
+    rule = AlphaRule(eta=2.0)
+    d_good = good.update_alpha(grad_sum, 1.0, g, 1.0, rule)
+    d_bad = bad.update_alpha(grad_sum, 1.0, g, 1.0, rule)
+    assert d_good < 0 < d_bad
+    assert good.state.alpha > 0.5 > bad.state.alpha > 0
+    # renormalisation by the broadcast sum, and a skipped update when the server grew the grids
+    grown = _user_with(0.3, [np.zeros(4, np.float32)])
+    assert grown.update_alpha([np.zeros(8)], 1.0, [np.zeros(8, np.float32)], 0.6, rule) is None
+    assert grown.state.alpha == pytest.approx(0.5)
+    # centred vs the paper's raw gradient differ by <sumG, g>
+    g1 = [np.array([1.0, 0, 0, 0], np.float32)]
+    c = _user_with(0.5, [np.array([1.0, 0, 0, 0], np.float32)]).update_alpha(grad_sum, 1.0, g1, 1.0, rule)
+    r = _user_with(0.5, [np.array([1.0, 0, 0, 0], np.float32)]).update_alpha(
+        grad_sum, 1.0, g1, 1.0, AlphaRule(gradient="raw"))
+    assert c == pytest.approx(0.0) and r == pytest.approx(1.0)
+
+
+# -- message schema --------------------------------------------------------------------------------------
+def test_global_arrays_round_trip_and_bad_arrays_are_named():
+    f = small_field(0)
+    arrays = messages.global_arrays(f)
+    keys = messages.global_keys(f)
+    assert keys[0] == "density_grid.data" and keys[1] == "feature_grid.data"
+    assert all(k.startswith(messages.GLOBAL_PREFIXES) for k in keys)
+    g = small_field(1)
+    messages.load_global(g, arrays)
+    for a, b in zip(messages.global_arrays(g), arrays):
+        np.testing.assert_array_equal(a, b)
+    # a grown grid from the server replaces the local one
+    bigger = [np.zeros((20, 20, 20, a.shape[-1]), np.float32) if k.endswith("grid.data") else a
+              for k, a in zip(keys, arrays)]
+    messages.load_global(g, bigger)
+    assert g.density_grid.resolution == (20, 20, 20)
+    bad = [a.copy() for a in arrays]
+    bad[2].flat[0] = np.inf
+    with pytest.raises(ValueError, match=rf"{keys[2]} has 1 NaN/Inf"):
+        messages.check_arrays(f, bad, "update")
+    with pytest.raises(ValueError, match="expected"):
+        messages.check_arrays(f, arrays[:-1], "update")
+    wrong = list(arrays)
+    wrong[1] = np.zeros((3, 3, 3, 5), np.float32)
+    with pytest.raises(ValueError, match="feature_grid.data has shape"):
+        messages.check_arrays(f, wrong, "update")
+
+
+def test_baseline_server_rejects_nan_and_misshapen_updates(caplog, tmp_path):
+    pytest.importorskip("flwr")
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.server import DecentServer, RoundStrategy
+
+    f = small_field(0)
+    good = messages.global_arrays(f)
+    nan = [a.copy() for a in good]
+    nan[0][0, 0, 0, 0] = np.nan
+    shaped = list(good)
+    shaped[-1] = np.zeros(7, np.float32)
+
+    def res(arrays, user):
+        return (SimpleNamespace(node_id=100 + user),
+                FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 10, {"user": user}))
+
+    strategy = RoundStrategy(3)
+    strategy.results = [res(good, 0), res(nan, 1), res(shaped, 2)]
+    server = DecentServer(FedConfig(aggregator="fednerf"), f, tmp_path)
+    with caplog.at_level(logging.ERROR):
+        mean, individual, n = server._plain_mean(strategy, 1)
+    assert n == 1 and list(individual) == [0]
+    for a, b in zip(mean, good):
+        np.testing.assert_allclose(a, b)
+    text = caplog.text
+    assert "node 101" in text and "NaN/Inf" in text and "rejected" in text
+    assert "node 102" in text and "shape" in text

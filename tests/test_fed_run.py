@@ -1,0 +1,128 @@
+"""End to end on Flower's Simulation Engine with SecAgg+: a small DecentNeRF run through the CLI, killed after
+round 1 and resumed. Checks what leaves a client (the audited outgoing messages: masked vectors shaped
+exactly like the global field's arrays, no pixels, no personal weights, no embeddings), that the restarted
+server resumes with the identical global weights, and the run's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+REPO = Path(__file__).resolve().parents[1]
+ALLOWED_METRICS = {"clipped", "train_time_s", "local_steps", "samples", "rays"}
+from flwr.common.secure_aggregation.secaggplus_constants import Key  # noqa: E402
+
+# what SecAgg+ itself sends: public keys, encrypted shares, node ids, masked vectors, shares of secrets
+SECAGG_PAYLOAD = {Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2, Key.DESTINATION_LIST, Key.CIPHERTEXT_LIST,
+                  Key.MASKED_PARAMETERS, Key.NODE_ID_LIST, Key.SHARE_LIST}
+
+
+def _cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "privnerf", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("crowd") / "c3"
+    r = subprocess.run([sys.executable, "-m", "privnerf", "data", "crowd", "--scene",
+                        "builtin:size=48,n_train=18,n_test=2", "--users", "3", "--personal", "static",
+                        "--out", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_decentnerf_run_is_private_resumable_and_complete(crowd, tmp_path):
+    run = tmp_path / "run"
+    audit = tmp_path / "audit"
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
+           "PRIVNERF_AUDIT_DIR": str(audit), "PYTHONPATH": str(REPO)}
+    args = ["fed", "run", "--data", str(crowd), "--aggregator", "learned", "--rounds", "3", "--local-epochs", "0.5",
+            "--train.optim.batch-rays", "512", "--eval-max-images", "1", "--leakage-views", "1",
+            "--train.field.grid.num-voxels-start", "8000", "--train.field.grid.max-voxels", "8000",
+            "--output", str(run)]
+    p = _cli(args, env)
+    state = run / "server" / "state.pt"
+    deadline = time.time() + 600
+    killed_digest = None
+    while time.time() < deadline and p.poll() is None:
+        if state.exists():
+            st = torch.load(state, weights_only=False)
+            if st["round"] >= 1:
+                os.killpg(p.pid, signal.SIGKILL)  # the server (and its simulation workers) die mid-run
+                p.wait()
+                killed_round = st["round"]
+                killed_digest = torch.load(run / "server" / "global.pt", weights_only=False)["digest"]
+                break
+        time.sleep(0.5)
+    assert killed_digest is not None, "the run never completed round 1: " + (p.stdout.read() if p.stdout else "")
+    # restarting without --resume refuses to overwrite; with --resume it continues from the last round
+    r = subprocess.run([sys.executable, "-m", "privnerf", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    p = _cli(args + ["--resume"], env)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-4000:]
+    assert f"resumed after round {killed_round}, global weights {killed_digest}" in out
+
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in rounds] == [1, 2, 3]
+    assert rounds[killed_round - 1]["global_digest"] == killed_digest
+    assert all(h["users"] == 3 and not h.get("rejected") for h in rounds)
+    assert "loss_sum" in rounds[-1] and len(rounds[-1]["alpha"]) == 3
+    res = json.loads((run / "results.json").read_text())
+    for key in ("psnr", "ssim", "lpips", "leakage_psnr", "server_flops", "bytes_up_per_client_per_round"):
+        assert res[key] is not None and np.isfinite(res[key]), key
+    assert (run / "renders" / "global" / "round-003.png").exists()
+    # private state persisted on the "device", never in the server's folder
+    assert sorted(p.name for p in (run / "state" / "clients").iterdir()) == [f"user-00{k}.pt" for k in range(3)]
+
+    # what left the clients: only SecAgg+ protocol data; every masked vector is laid out exactly as the global
+    # field's arrays (+ coverage map, + the weight or loss scalar), after SecAgg+'s own weight factor
+    from privnerf.fed import messages
+
+    g = torch.load(run / "server" / "global.pt", weights_only=False)["field"]
+    keys = [k for k in g if k.startswith(messages.GLOBAL_PREFIXES)]
+    mlp_shapes = [tuple(g[k].shape) for k in keys if not messages.is_grid_key(k)]
+    feat = g["feature_grid.data"].shape[-1]
+    seen = {"weights": 0, "grads": 0}
+    for f in audit.glob("node-*.jsonl"):
+        for line in f.read_text().splitlines():
+            c = json.loads(line).get("content")
+            if c is None:
+                continue
+            assert all(len(rec) == 0 for rec in c["arrays"].values()), "arrays left a client in the clear"
+            for name, rec in c["metrics"].items():
+                assert name == "fitres.num_examples" and rec == {"num_examples": 1}, (name, rec)  # weights are masked
+            for name, rec in c["configs"].items():
+                if name == "fitres.metrics":
+                    assert set(rec) <= ALLOWED_METRICS, rec
+                    assert all(v["type"] in ("int", "float") for v in rec.values()), rec
+                    continue
+                assert name in ("secaggplus_configs", "fitres.status"), name
+                for key, v in rec.items():
+                    assert v["type"] != "bytes" and v["type"] != "list" or key in SECAGG_PAYLOAD, key
+                if Key.MASKED_PARAMETERS not in rec:
+                    continue
+                items = rec[Key.MASKED_PARAMETERS]["items"]
+                assert all(i["array"]["dtype"] == "int64" for i in items)
+                got = [tuple(i["array"]["shape"]) for i in items]
+                xyz = got[1][:3]
+                head = [(1,), (*xyz, 1), (*xyz, feat), *mlp_shapes]
+                assert got[: len(head)] == head, got
+                tail = got[len(head):]
+                assert tail in ([(1,)], [xyz, (1,)]), tail  # loss scalar | coverage + alpha
+                seen["weights" if len(tail) == 2 else "grads"] += 1
+    # rounds 2-3 (after the restart) alone give 3 users x 2 weight sums and 3 x 2 gradient sums
+    assert seen["weights"] >= 6 and seen["grads"] >= 6, seen
