@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python benchmarks/lego_depth.py
 	$(BIN)/python benchmarks/crowd_presets.py
 	$(BIN)/python benchmarks/secagg_bias.py
+	$(BIN)/python benchmarks/decentnerf.py --study demo5 --scene builtin --rounds 4 --local-epochs 1.0
 	$(BIN)/python benchmarks/summarize.py
 
 clean:

@@ -34,10 +34,20 @@ from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
 STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized"]),
            "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
-           "users": ("leakage-users", ["learned"])}
+           "users": ("leakage-users", ["learned"]),
+           "demo5": (None, ["learned", "fedavg", "fednerf", "centralized"])}
+# demo5: the demo's crowd (built-in scene, 5 users in yaw slices, each with its own person): a quick check
+DEMO5 = dict(scene="builtin", users=5, personal="static")
 
 
-def crowd_dirs(preset: str, scene: str, root: Path) -> list[tuple[str, Path]]:
+def crowd_dirs(preset: str | None, scene: str, root: Path) -> list[tuple[str, Path]]:
+    if preset is None:
+        from privnerf.data.crowd import CrowdConfig
+
+        d = root / "builtin" / "demo5"
+        if not (d / "transforms.json").exists():
+            write_crowd(generate_crowd(CrowdConfig(**DEMO5), quiet=True), d)
+        return [("", d)]
     out = []
     src = None
     for variant, cfg in preset_variants(preset, scene):
@@ -49,28 +59,12 @@ def crowd_dirs(preset: str, scene: str, root: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def alpha_plot(runs: dict[str, Path], out: Path) -> None:
-    import matplotlib
+def alpha_plots(runs: dict[str, Path], stem: Path) -> None:
+    from privnerf.eval.report import plot_alpha
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.4), squeeze=False)
-    for ax, (name, run) in zip(axes[0], runs.items()):
+    for name, run in runs.items():
         rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines() if x.strip()]
-        users = sorted({u for h in rounds for u in h.get("alpha", {})}, key=int)
-        for u in users:
-            xs = [h["round"] for h in rounds if u in h.get("alpha", {})]
-            ys = [h["alpha"][u] / sum(h["alpha"].values()) for h in rounds if u in h.get("alpha", {})]
-            ax.plot(xs, ys, "o-", ms=3, label=f"user {u}")
-        ax.set_title(name)
-        ax.set_xlabel("round")
-        ax.set_ylabel("normalised alpha")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+        plot_alpha(rounds, stem.with_name(f"{stem.name}-alpha-{name.replace(' ', '-')}.png"), title=name)
 
 
 def main() -> int:
@@ -118,7 +112,7 @@ def main() -> int:
     name = f"decentnerf-{a.scene}-{a.study}"
     results = ROOT / "benchmarks" / "results"
     if a.study == "ablation":
-        alpha_plot(runs, results / f"{name}-alpha.png")
+        alpha_plots(runs, results / name)
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     atomic_write_text(results / f"{name}.json", json.dumps({
         "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,

@@ -116,6 +116,44 @@ def crowd_tables() -> list[str]:
     return out
 
 
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def head(title: str, columns: list[str]) -> list[str]:
+    """A markdown section title and table header."""
+    return [f"### {title}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def fed_tables() -> list[str]:
+    out = []
+    r = load("secagg-bias")
+    if r:
+        out += head(f"SecAgg+ arithmetic against the plain weighted mean ({r['date']}; {r['values_per_user']:,} values x "
+                    f"{r['users']} users; `{r['command']}`)",
+                    ["value scale", "Flower default (float32, num_examples weights): bias / rms", "float64: bias / rms",
+                     "privnerf scaling: bias / rms", "privnerf bound (max abs)"])
+        for row in r["rows"]:
+            cells = [f"{100 * row[k]['relative_bias']:+.3f}% / {100 * row[k]['rms_relative']:.3f}%"
+                     for k in ("flower-default", "float64", "privnerf")]
+            out.append(f"| {row['value_scale']:g} | " + " | ".join(cells) + f" | {row['privnerf_bound_max_abs']:.2g} |")
+        out.append("")
+    for path in sorted(RESULTS.glob("decentnerf-*.json")):
+        r = json.loads(path.read_text())
+        out += head(f"{path.stem} (finished {r['finished']}; commit {r['commit']}; `{r['command']}`)",
+                    ["variant", "aggregator", "users", "PSNR", "SSIM", "LPIPS", "leakage PSNR", "client steps",
+                     "server FLOPs", "client training FLOPs", "MB up per client per round", "wall s"])
+        for row in r["rows"]:
+            mb = row.get("bytes_up_per_client_per_round")
+            out.append(f"| {row['variant'] or ''} | {row['aggregator']} | {row['users']} | {fmt(row['psnr'])} | "
+                       f"{fmt(row['ssim'], 3)} | {fmt(row['lpips'], 3)} | {fmt(row['leakage_psnr'])} | {row['client_steps']} | "
+                       f"{row['server_flops']:.3g} | {row['client_training_flops']:.3g} | "
+                       f"{'–' if mb is None else f'{mb / 1e6:.1f}'} | {row['wall_s']:.0f} |")
+        out.append("")
+    return out
+
+
 def plot() -> Path | None:
     try:
         import matplotlib
@@ -152,7 +190,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + field_ops_table() + check_runs() + crowd_tables()))
+    print("\n".join(engine_tables() + field_ops_table() + check_runs() + crowd_tables() + fed_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")

@@ -51,25 +51,15 @@ def _kill_leftovers(root: Path) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def crowd(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("crowd") / "c3"
-    r = subprocess.run([sys.executable, "-m", "privnerf", "data", "crowd", "--scene",
-                        "builtin:size=48,n_train=18,n_test=2", "--users", "3", "--personal", "static",
-                        "--out", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc")
-def test_deployment_tls_auth_three_supernodes_two_rounds(crowd, tmp_path):
+def test_deployment_tls_auth_three_supernodes_two_rounds(tiny_crowd, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
            "PYTHONPATH": str(REPO)}
     # a small global grid (29x29x11): every SecAgg+ stage is a fresh ClientApp process per SuperNode, and
     # the masked vectors travel through the SuperLink; the run is about the deployment, not the model
-    args = [sys.executable, "-m", "privnerf", "fed", "run", "--data", str(crowd), "--aggregator", "learned",
+    args = [sys.executable, "-m", "privnerf", "fed", "run", "--data", str(tiny_crowd), "--aggregator", "learned",
             "--rounds", "2", "--local-epochs", "0.5", "--train.optim.batch-rays", "512", "--eval-max-images", "1",
             "--leakage-views", "1", "--train.field.grid.num-voxels-start", "8000",
             "--train.field.grid.max-voxels", "8000", "--engine", "deployment", "--output", str(run)]
@@ -161,7 +151,7 @@ def test_supernode_auth_refuses_unregistered_nodes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc")
-def test_failing_serverapp_is_reported_and_everything_stopped(crowd, tmp_path, monkeypatch):
+def test_failing_serverapp_is_reported_and_everything_stopped(tiny_crowd, tmp_path, monkeypatch):
     """--insecure (no TLS, self-registered SuperNodes); the ServerApp cannot read its config: the error names
     the process and carries its log's tail, and no process outlives the call."""
     from privnerf.fed import deploy
@@ -169,7 +159,7 @@ def test_failing_serverapp_is_reported_and_everything_stopped(crowd, tmp_path, m
 
     write_app = deploy.write_app
     monkeypatch.setattr(deploy, "write_app", lambda app_dir, _: write_app(app_dir, tmp_path / "missing.json"))
-    cfg = FedConfig(data=str(crowd), rounds=1, engine="deployment", insecure=True, output=tmp_path / "run")
+    cfg = FedConfig(data=str(tiny_crowd), rounds=1, engine="deployment", insecure=True, output=tmp_path / "run")
     try:
         with pytest.raises(deploy.DeploymentError) as err:
             deploy.run_deployment(cfg, timeout=300)

@@ -33,23 +33,13 @@ def _cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def crowd(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("crowd") / "c3"
-    r = subprocess.run([sys.executable, "-m", "privnerf", "data", "crowd", "--scene",
-                        "builtin:size=48,n_train=18,n_test=2", "--users", "3", "--personal", "static",
-                        "--out", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return out
-
-
 @pytest.mark.slow
-def test_decentnerf_run_is_private_resumable_and_complete(crowd, tmp_path):
+def test_decentnerf_run_is_private_resumable_and_complete(tiny_crowd, tmp_path):
     run = tmp_path / "run"
     audit = tmp_path / "audit"
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
            "PRIVNERF_AUDIT_DIR": str(audit), "PYTHONPATH": str(REPO)}
-    args = ["fed", "run", "--data", str(crowd), "--aggregator", "learned", "--rounds", "3", "--local-epochs", "0.5",
+    args = ["fed", "run", "--data", str(tiny_crowd), "--aggregator", "learned", "--rounds", "3", "--local-epochs", "0.5",
             "--train.optim.batch-rays", "512", "--eval-max-images", "1", "--leakage-views", "1",
             "--train.field.grid.num-voxels-start", "8000", "--train.field.grid.max-voxels", "8000",
             "--output", str(run)]

@@ -18,6 +18,10 @@ def run(argv: list[str]) -> int:
     if argv[0] != "run":
         print(f"error: unknown fed command {argv[0]!r} (expected 'run')", file=sys.stderr)
         return 2
+    import logging
+
+    # Flower logs every SecAgg+ stage at DEBUG and Ray warns per actor; keep the console to progress lines
+    logging.getLogger("flwr").setLevel(logging.INFO)
     cfg = tyro.cli(FedConfig, args=argv[1:], prog="privnerf fed run",
                    description="Federated NeRF training on Flower (DecentNeRF and baselines).")
     if not cfg.data:
@@ -34,4 +38,6 @@ def run(argv: list[str]) -> int:
     print(f"global PSNR {results['psnr']:.2f} dB  SSIM {results['ssim']:.3f}  LPIPS {results['lpips']:.3f}  "
           f"leakage {results['leakage_psnr']:.2f} dB  server FLOPs {results['server_flops']:.3g}")
     print(f"results: {results['run_dir']}/results.json  rounds: {results['run_dir']}/rounds.jsonl")
+    if results.get("report"):
+        print(f"report: {results['report']}")
     return 0

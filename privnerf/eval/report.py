@@ -34,7 +34,8 @@ def _plot_curves(rounds: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def _plot_alpha(rounds: list[dict], out: Path) -> bool:
+def plot_alpha(rounds: list[dict], out: Path, title: str | None = None) -> bool:
+    """The users' normalised aggregation weights per round (from ``rounds.jsonl``); False if there are none."""
     users = sorted({u for h in rounds for u in h.get("alpha", {})}, key=int)
     if not users:
         return False
@@ -43,6 +44,8 @@ def _plot_alpha(rounds: list[dict], out: Path) -> bool:
         pts = [(h["round"], h["alpha"][u]) for h in rounds if u in h.get("alpha", {})]
         total = [sum(h["alpha"].values()) for h in rounds if u in h.get("alpha", {})]
         ax.plot([p[0] for p in pts], [p[1] / t for p, t in zip(pts, total)], "o-", ms=3, label=f"user {u}")
+    if title:
+        ax.set_title(title)
     ax.set_xlabel("round")
     ax.set_ylabel("aggregation weight (normalised)")
     ax.grid(alpha=0.3)
@@ -69,7 +72,7 @@ def write_fed_report(run_dir: Path) -> Path:
     figs = run_dir / "report_files"
     figs.mkdir(exist_ok=True)
     _plot_curves(rounds, figs / "curves.png")
-    has_alpha = _plot_alpha(rounds, figs / "alpha.png")
+    has_alpha = plot_alpha(rounds, figs / "alpha.png")
 
     rows = "".join(
         f"<tr><td>{h['round']}</td><td>{_fmt(h.get('psnr'))}</td><td>{_fmt(h.get('ssim'), 3)}</td>"

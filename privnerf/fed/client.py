@@ -65,7 +65,7 @@ class DecentClient(NumPyClient):
             d = user.update_alpha(grad_sum, loss_sum, global_arrays, float(config.get("alpha_sum", 0.0)),
                                   AlphaRule(**json.loads(str(config.get("alpha_rule", "{}")))))
             log.debug("user %d: d=%s alpha=%.4f", user.user, d, st.alpha)
-        weights, stats = user.train(global_arrays, self.cfg.local_epochs)
+        weights, stats = user.train(global_arrays, self.cfg.local_epochs, self.cfg.personal_warmup)
         st.alpha_history.append(st.alpha)
         user.save_state()
         metrics = {k: stats[k] for k in ("train_time_s", "local_steps", "samples", "rays")}

@@ -55,6 +55,8 @@ class FedConfig:
     coverage_weight: Literal["touched", "gradient"] = "touched"
     """Per-voxel weight m_k for coverage weighting: 'touched' = 1 where the user's training changed the voxel;
     'gradient' = the user's RMS gradient there (from its Adam second moments), scaled to a maximum of 1."""
+    personal_warmup: float = 0.0
+    """Share of each round's local steps that train only the personal field (global frozen)."""
     keep_optimizer: bool = False
     """Users keep their Adam moments between rounds (on the device) instead of restarting them each round."""
     grad_batches: int = 4

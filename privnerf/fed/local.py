@@ -217,13 +217,23 @@ class LocalUser:
         m = float(e.max())
         return (e / m).double().numpy() if m > 0 else e.double().numpy()
 
-    def train(self, global_arrays: list[np.ndarray], epochs: float) -> tuple[list[np.ndarray], dict[str, float]]:
-        """Local training from the received global weights and the user's own personal state."""
+    def train(self, global_arrays: list[np.ndarray], epochs: float, personal_warmup: float = 0.0
+              ) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Local training from the received global weights and the user's own personal state; the first
+        ``personal_warmup`` share of the steps trains the personal field only (the global one is frozen), so
+        what the aggregate cannot explain goes to the personal field before local training relearns it."""
         t = self.trainer(global_arrays)
         steps = self.steps_per_round(epochs)
+        warm = int(round(personal_warmup * steps)) if t.personal is not None else 0
+        n_global = len(t.field.grids())
+        saved = (list(t.grid_opt.lrs), t.mlp_opt.param_groups[0]["base_lr"])
         t0 = time.perf_counter()
         psnr, samples = [], 0.0
-        for _ in range(steps):
+        for i in range(steps):
+            frozen = i < warm
+            for j in range(n_global):
+                t.grid_opt.lrs[j] = 0.0 if frozen else saved[0][j]
+            t.mlp_opt.param_groups[0]["base_lr"] = 0.0 if frozen else saved[1]
             s = t.step()
             psnr.append(s["psnr"])
             samples += s["samples"]
