@@ -33,7 +33,7 @@ GLOBAL_PREFIXES = ("density_grid.data", "feature_grid.data", "rgb_net.")
 """State-dict keys of the global grid field that are federated (everything else is personal or derived)."""
 
 # Bounds: floors for the first round, and headroom over the last aggregate (see privnerf.fed.secure).
-WEIGHT_FLOOR = {"density_grid.data": 16.0, "feature_grid.data": 16.0}
+WEIGHT_FLOOR = {"density_grid.data": 64.0, "feature_grid.data": 64.0}
 WEIGHT_FLOOR_DEFAULT = 2.0
 WEIGHT_HEADROOM = 2.0
 GRAD_FLOOR = 1.0
