@@ -7,8 +7,9 @@ modulo ``modulus_range``; the server dequantizes and divides by the summed weigh
 Why the 0.8 % bias appeared (measured, ``benchmarks/secagg_bias.py``): the quantizer computes
 ``(clip(x) + c) * Q / 2c`` in the *array's* dtype. For float32 arrays, ``x + 8`` rounds to float32 before the
 stochastic rounding: near 8.0 float32 steps are 9.5e-7 above and 4.8e-7 below (a binade boundary), so small
-values round asymmetrically and the error does not average out. With realistic NeRF parameters and a small
-weight ratio (e.g. ``num_examples = 1``, ``max_weight = 1000``), values of 1e-4 lose 100 % of their mean.
+values round asymmetrically and the error does not average out. In ``benchmarks/secagg_bias.py`` (5 users,
+1 M values of scale 1e-4, weights 1..19 of ``max_weight = 1000``) the mean comes out 6.6 % low; float64
+arrays alone remove the bias.
 A second, unbiased but large, error came from the same small ratio: values shrunk by 1/1000 sit far below
 one quantization step.
 
