@@ -1,4 +1,4 @@
-"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``data``, ``fed``.
+"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``data``, ``fed``, ``split``.
 
 ``privnerf train`` takes every field of :class:`privnerf.train.config.TrainConfig` as a flag (nested ones
 as ``--field.grid.num-voxels``); ``privnerf train --help`` lists them.
@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         "render": ("render an orbit video or a split's views from a run", "privnerf.cli.render"),
         "data": ("dataset tools: export the built-in scene, make crowd datasets", "privnerf.cli.data"),
         "fed": ("federated training on Flower: DecentNeRF and its baselines", "privnerf.cli.fed"),
+        "split": ("split learning (SplitNeRF / S2NeRF): train, serve, attack", "privnerf.cli.split"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: privnerf {train,eval,render,data,fed} [options]\n")
+        print("usage: privnerf {train,eval,render,data,fed,split} [options]\n")
         for name, (desc, _) in commands.items():
             print(f"  {name:8s} {desc}")
         if argv and argv[0] not in ("-h", "--help"):

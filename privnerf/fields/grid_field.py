@@ -60,6 +60,43 @@ class GridFieldConfig:
     dir_freqs: int = 4
     alpha_init: float = 1e-2
     """Opacity of an untouched voxel over one render step."""
+    cut_width: int = 0
+    """0: features are decoded by fixed activations (the core field). > 0: a learned per-sample feature
+    layer ``Linear(F, W) + ReLU`` then ``Linear(W, F)`` before the activations — split learning's cut sits
+    between the two, so the server's grids mean nothing without the client's decoder (privnerf.split)."""
+
+
+def make_rgb_net(cfg: GridFieldConfig) -> nn.Sequential:
+    """The per-ray view-dependent head: ``[composited features, PE(direction)]`` → RGB residual."""
+    in_dim = cfg.feature_dim + 3 * (2 * cfg.dir_freqs + 1)
+    layers: list[nn.Module] = []
+    for _ in range(cfg.mlp_depth):
+        layers += [nn.Linear(in_dim, cfg.mlp_width), nn.ReLU(inplace=True)]
+        in_dim = cfg.mlp_width
+    layers.append(nn.Linear(in_dim, 3))
+    return nn.Sequential(*layers)
+
+
+def make_feature_out(cfg: GridFieldConfig) -> nn.Module | None:
+    """The client half of the feature layer (``None`` without ``cut_width``)."""
+    return nn.Linear(cfg.cut_width, cfg.feature_dim) if cfg.cut_width > 0 else None
+
+
+def decode_cut(h: torch.Tensor, shift: float, feature_out: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut activation ``(m, 1 + C)`` → density ``(m,)`` and the values composited along rays ``(m, F)``
+    (diffuse colour ``sigmoid(f[:, :3])``, then specular features; ``f = feature_out(h[:, 1:])`` when the field
+    has a feature layer, else ``h[:, 1:]``)."""
+    sigma = nn.functional.softplus(h[:, 0] + shift)
+    f = h[:, 1:] if feature_out is None else feature_out(h[:, 1:])
+    return sigma, torch.cat([torch.sigmoid(f[:, :3]), f[:, 3:]], dim=-1)
+
+
+def deferred_shading(rgb_net: nn.Module, dir_freqs: int, composited: torch.Tensor, opacity: torch.Tensor,
+                     dirs: torch.Tensor) -> torch.Tensor:
+    """Ray colour ``(r, 3)`` from composited values ``(r, F)``, opacity ``(r,)`` and directions ``(r, 3)``."""
+    h = torch.cat([composited, positional_encoding(dirs, dir_freqs)], dim=-1)
+    # the residual fades with opacity so empty rays show exactly the background
+    return composited[:, :3] + opacity[:, None] * rgb_net(h)
 
 
 class GridField(RadianceField):
@@ -76,13 +113,11 @@ class GridField(RadianceField):
         self.feature_grid = DenseGrid(res, cfg.feature_dim, box, init=0.0)
         if cfg.feature_dim < 4:
             raise ValueError("grid field feature_dim must be >= 4 (3 diffuse colour channels + specular features)")
-        in_dim = cfg.feature_dim + 3 * (2 * cfg.dir_freqs + 1)
-        layers: list[nn.Module] = []
-        for _ in range(cfg.mlp_depth):
-            layers += [nn.Linear(in_dim, cfg.mlp_width), nn.ReLU(inplace=True)]
-            in_dim = cfg.mlp_width
-        layers.append(nn.Linear(in_dim, 3))
-        self.rgb_net = nn.Sequential(*layers)
+        self.rgb_net = make_rgb_net(cfg)
+        # Built in this order (after rgb_net) so a split client seeding like Trainer gets the same weights.
+        self.feature_out = make_feature_out(cfg)
+        self.feature_in = (nn.Sequential(nn.Linear(cfg.feature_dim, cfg.cut_width, bias=False), nn.ReLU())
+                           if cfg.cut_width > 0 else None)
         self.register_buffer("grow_count", torch.zeros((), dtype=torch.long))
 
     def grids(self) -> list[DenseGrid]:
@@ -99,16 +134,28 @@ class GridField(RadianceField):
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return nn.functional.softplus(raw + self.shift) * self._inside(xs)
 
+    @property
+    def cut_channels(self) -> int:
+        """Channels of :meth:`encode_space`'s output: density logit + features (``cut_width`` or ``feature_dim``)."""
+        return 1 + (self.cfg.cut_width or self.cfg.feature_dim)
+
+    def encode_space(self, xs: torch.Tensor) -> torch.Tensor:
+        """The server part of the field: working-box points ``(n, 3)`` → ``(n, cut_channels)``: the density
+        logit, then the raw features (or, with ``cut_width``, the feature layer's ReLU output). Split learning
+        cuts the field here (privnerf.split)."""
+        feat = self.feature_grid(xs)
+        if self.feature_in is not None:
+            feat = self.feature_in(feat)
+        return torch.cat([self.density_grid(xs), feat], dim=-1)
+
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = self.space(x)
-        sigma = self.density_space(xs)
-        feat = self.feature_grid(xs)
-        return sigma, torch.cat([torch.sigmoid(feat[:, :3]), feat[:, 3:]], dim=-1)
+        sigma, values = decode_cut(self.encode_space(xs), self.shift, self.feature_out)
+        # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
+        return sigma * self._inside(xs), values
 
     def finish(self, composited: torch.Tensor, opacity: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([composited, positional_encoding(dirs, self.cfg.dir_freqs)], dim=-1)
-        # the residual fades with opacity so empty rays show exactly the background
-        return composited[:, :3] + opacity[:, None] * self.rgb_net(h)
+        return deferred_shading(self.rgb_net, self.cfg.dir_freqs, composited, opacity, dirs)
 
     # -- progressive growth ---------------------------------------------------------------------------
     def final_voxels(self, box: torch.Tensor) -> int:

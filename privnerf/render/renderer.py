@@ -46,11 +46,19 @@ def render_rays(
         ``rgb (n, 3)``, ``opacity (n,)``, ``depth (n,)`` (distance along the ray; ``inf`` where empty) and
         ``num_samples`` (samples shaded, a 0-d tensor).
     """
+    return shade(field, origins, dirs, select_samples(field, occ, origins, dirs, settings, jitter), settings,
+                 background)
+
+
+def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tensor,
+                   settings: RenderSettings, jitter: bool = False) -> Samples:
+    """The samples worth shading: marched through occupied space and, for fields with cheap density,
+    culled to those whose rendering weight (without gradient) exceeds ``settings.weight_threshold``."""
     n = origins.shape[0]
     s = march_culled(origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter,
                      settings.weight_threshold)
     if s is not None:
-        return shade(field, origins, dirs, s, settings, background)
+        return s
     s = march(origins, dirs, settings.near, settings.far, field.space, occ, settings.step, jitter)
     if field.cheap_density and len(s) > 0:
         with torch.no_grad():
@@ -58,22 +66,36 @@ def render_rays(
             sigma = field.density(pts)
             w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
             s = s.select(w > settings.weight_threshold)
-    return shade(field, origins, dirs, s, settings, background)
+    return s
 
 
 def shade(field, origins, dirs, s: Samples, settings: RenderSettings, background=None) -> dict[str, torch.Tensor]:
     """Evaluate the field at the samples and composite (with gradient)."""
-    n = origins.shape[0]
     pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
     sigma, values = field(pts, dirs[s.ray_idx])
+    bg = settings.background if background is None else background
+    return composite_samples(sigma, values, s, dirs, field.finish, bg)
+
+
+def composite_samples(sigma: torch.Tensor, values: torch.Tensor, s: Samples, dirs: torch.Tensor, finish,
+                      background: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Volume-render packed samples into ray colours.
+
+    Args:
+        sigma: ``(m,)`` density; values: ``(m, c)`` composited per sample; s: the samples (ray index, t, delta).
+        dirs: ``(n, 3)`` ray directions; finish: ``(composited (n, c), opacity (n,), dirs) → (n, 3)`` colour.
+        background: ``(3,)`` or ``(n, 3)``.
+    Returns:
+        ``rgb (n, 3)``, ``opacity (n,)``, ``depth (n,)`` (``inf`` where empty), ``num_samples`` (0-d).
+    """
+    n = dirs.shape[0]
     w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
     opacity = accumulate(w, None, s.ray_idx, n)
-    color = field.finish(accumulate(w, values, s.ray_idx, n), opacity, dirs)
+    color = finish(accumulate(w, values, s.ray_idx, n), opacity, dirs)
     dist = accumulate(w, s.t[:, None], s.ray_idx, n)[:, 0]
     depth = torch.where(opacity > 1e-3, dist / opacity.clamp(min=1e-10), torch.full_like(dist, float("inf")))
-    bg = settings.background if background is None else background
     return {
-        "rgb": composite(color, opacity, bg.to(color)),
+        "rgb": composite(color, opacity, background.to(color)),
         "opacity": opacity,
         "depth": depth,
         "num_samples": torch.tensor(len(s)),

@@ -237,7 +237,11 @@ class Trainer:
         if batch is None:
             batch = self.sample_batch()
         loss, mse, out = self.compute_loss(batch)
-        origins = batch[0]
+        return self.apply_loss(loss, mse, out, batch[0].shape[0])
+
+    def apply_loss(self, loss: torch.Tensor, mse: torch.Tensor, out: dict, n_rays: int) -> dict[str, float]:
+        """The second half of :meth:`step`: backward, learning-rate schedule, optimizer steps. Split learning's
+        server calls it with a loss whose gradient is the one the client returned at the cut."""
         o = self.cfg.optim
         if o.tv_weight > 0 and isinstance(self.field, GridField) and self.step_count % o.tv_every == 0:
             loss = loss + o.tv_weight * self.field.density_grid.total_variation()
@@ -252,7 +256,7 @@ class Trainer:
         self.step_count += 1
         m = float(mse.detach())
         return {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(m, 1e-10)),
-                "samples": float(out["num_samples"]), "rays": float(origins.shape[0])}
+                "samples": float(out["num_samples"]), "rays": float(n_rays)}
 
     # -- the loop -----------------------------------------------------------------------------------
     def done(self) -> bool:

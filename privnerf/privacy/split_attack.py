@@ -1,0 +1,403 @@
+"""Attacks a curious split-learning server runs on the cut gradients (S²NeRF, CCS 2024).
+
+**Surrogate Model Attack (SMA).** The server knows its own half of the network, the activations ``H`` it
+sends, the pixels each step asks for, the packing, and the gradient ``G`` it receives — but not the client's
+head or images. It trains a surrogate head ``f_s`` (same architecture, its own random initialisation) and a
+dummy image set ``x~`` (initialised ``clip(|N(0, 1)|, 0, 1)``) so that the surrogate's gradient at ``H``
+matches ``G``::
+
+    L_dummy = mean (render(f_s(H)) - x~[pixels])^2
+    g^      = dL_dummy / dH            (kept differentiable: a second-order attack)
+    L_g     = mean (G - g^)^2
+    L_surr  = lambda * rho * L_g + L_dummy
+
+``rho`` is the running mean of ``L_dummy / L_g`` over the first ``rho_steps`` steps, then frozen (as the
+official code does). One Adam step per training step updates ``f_s`` and the dummy pixels of the batch
+(lazy Adam rows: the dummy set is as large as the training set), then the dummy pixels are clamped to
+``[0, 1]``. Learning rate ``lr * schedule(t)``: ``inverse`` = ``10 / (t + 1)`` (the paper's "10/t"),
+``exp`` = ``decay ** min(t / T, 1)``. The attack is passive: the victim's training is unchanged.
+
+The attacker's NeRF is its own grids plus ``f_s``; it renders any view.
+
+**Scene-aided SMA (SA-SMA).** With ``N`` leaked training images at known poses, the attacker fine-tunes
+``f_s`` alone (its grids frozen) on those images' pixels. Evaluated on the test views, not the leaked ones
+(the official code scores the leaked view itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from privnerf.split.cut import ClientHead, render_activations
+from privnerf.train.checkpoint import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttackConfig:
+    enabled: bool = True
+    """Run the attacks online during split training (the server is curious)."""
+    kinds: tuple[str, ...] = ("sma", "replay")
+    """sma: the paper's surrogate model attack; replay: ours, analytic pixel recovery with a lock-step replica
+    of the client's head (works when the head's initialisation is predictable)."""
+    lambda_grad: float = 1e-2
+    """lambda: weight of the gradient-distance loss (times rho)."""
+    lr: float = 1e-2
+    dummy_lr: float = 0.0
+    """Learning rate of the dummy pixels (0 = the same as the surrogate's, as the official code does)."""
+    schedule: Literal["inverse", "exp"] = "inverse"
+    """Attacker learning-rate multiplier: 10/(t+1) ("inverse"), or decay**min(t/T, 1) ("exp")."""
+    decay: float = 0.1
+    rho_steps: int = 100
+    seed: int = 1234
+    finetune_steps: int = 200
+    """SA-SMA: surrogate fine-tuning steps on the leaked images."""
+    finetune_lr: float = 1e-2
+
+
+class SurrogateModelAttack:
+    """The online SMA, as a :class:`privnerf.split.server.Observer`.
+
+    Args:
+        cfg: attack settings. grid_cfg: the field config the client announced (the architecture it knows).
+        shift: density shift of the cut decoding. hw: ``(N, 2)`` training image sizes (from the poses the
+        server holds). background: ``(3,)`` the client's announced background. total_steps: T.
+    """
+
+    name = "sma"
+
+    def __init__(self, cfg: AttackConfig, grid_cfg, shift: float, hw: np.ndarray, background: torch.Tensor,
+                 total_steps: int):
+        self.cfg = cfg
+        self.shift = float(shift)
+        self.total_steps = max(int(total_steps), 1)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(cfg.seed)
+        self.head = ClientHead(grid_cfg)
+        torch.set_rng_state(rng_state)  # the victim's jitter stream stays untouched
+        self.hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
+        sizes = self.hw[:, 0] * self.hw[:, 1]
+        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
+        self.widths = torch.tensor(self.hw[:, 1], dtype=torch.long)
+        self.dummy = torch.randn(int(self.offsets[-1]), 3, generator=gen).abs().clamp(0, 1)
+        self.dummy_m = torch.zeros_like(self.dummy)
+        self.dummy_v = torch.zeros_like(self.dummy)
+        self.touched = torch.zeros(self.dummy.shape[0], dtype=torch.bool)
+        self.background = background.float().cpu()
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
+        self.rho_sum = 0.0
+        self.rho_count = 0
+        self.steps = 0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def rho(self) -> float:
+        return self.rho_sum / max(self.rho_count, 1)
+
+    def lr_scale(self, t: int) -> float:
+        if self.cfg.schedule == "inverse":
+            return 10.0 / (t + 1)
+        return self.cfg.decay ** min(t / self.total_steps, 1.0)
+
+    def flat_index(self, view: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.offsets[view] + v * self.widths[view] + u
+
+    def observe(self, batch, server=None) -> None:
+        cfg = self.cfg
+        h = batch.h.detach().cpu().requires_grad_(True)
+        grad = batch.grad.detach().cpu()
+        idx = self.flat_index(batch.view, batch.u, batch.v)
+        x = self.dummy[idx].clone().requires_grad_(True)
+        s = batch.samples
+        s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
+        out = render_activations(self.head, self.shift, h, s, batch.dirs.cpu(), self.background)
+        l_dummy = torch.mean((out["rgb"] - x) ** 2)
+        (g_hat,) = torch.autograd.grad(l_dummy, h, create_graph=True)
+        l_g = torch.mean((grad - g_hat) ** 2)
+        lg, ld = float(l_g.detach()), float(l_dummy.detach())
+        if self.steps < cfg.rho_steps and lg > 0:
+            self.rho_sum += ld / lg
+            self.rho_count += 1
+        lam = cfg.lambda_grad * self.rho if cfg.lambda_grad <= 1e5 else cfg.lambda_grad
+        loss = lam * l_g + l_dummy
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = cfg.lr * self.lr_scale(self.steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        dummy_lr = (cfg.dummy_lr or cfg.lr) * self.lr_scale(self.steps)
+        self._dummy_step(idx, x.grad, dummy_lr)
+        self.steps += 1
+        if self.steps % 50 == 0 or self.steps == 1:
+            self.history.append({"step": batch.step, "l_g": lg, "l_dummy": ld, "rho": self.rho})
+
+    def _dummy_step(self, idx: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """Lazy Adam on the dummy pixels of this batch (duplicates summed), then clamp to [0, 1]."""
+        uniq, inv = torch.unique(idx, return_inverse=True)
+        g = torch.zeros(len(uniq), 3).index_add_(0, inv, grad)
+        b1, b2, eps = 0.9, 0.99, 1e-15
+        t = self.steps + 1
+        m = self.dummy_m[uniq].mul_(b1).add_(g, alpha=1 - b1)
+        v = self.dummy_v[uniq].mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.dummy_m[uniq], self.dummy_v[uniq] = m, v
+        update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+        self.dummy[uniq] = (self.dummy[uniq] - lr * update).clamp(0, 1)
+        self.touched[uniq] = True
+
+    # -- persistence --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict(), "opt": self.opt.state_dict(), "dummy": self.dummy,
+                "dummy_m": self.dummy_m, "dummy_v": self.dummy_v, "touched": self.touched,
+                "rho_sum": self.rho_sum, "rho_count": self.rho_count, "steps": self.steps,
+                "history": self.history, "hw": self.hw, "shift": self.shift}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.head.load_state_dict(st["head"])
+        self.opt.load_state_dict(st["opt"])
+        for k in ("dummy", "dummy_m", "dummy_v", "touched"):
+            setattr(self, k, st[k])
+        self.rho_sum, self.rho_count, self.steps = st["rho_sum"], st["rho_count"], st["steps"]
+        self.history = list(st["history"])
+
+    def save(self, run_dir: Path) -> None:
+        atomic_torch_save(self.state_dict(), Path(run_dir) / "attack" / f"{self.name}.pt")
+
+    def dummy_image(self, view: int) -> np.ndarray:
+        """The attacker's reconstruction of training image ``view`` ``(h, w, 3)`` (untouched pixels are 0)."""
+        h, w = self.hw[view]
+        img = self.dummy[self.offsets[view] : self.offsets[view + 1]].reshape(h, w, 3).clone()
+        img[~self.touched[self.offsets[view] : self.offsets[view + 1]].reshape(h, w)] = 0
+        return img.numpy()
+
+
+class ReplayAttack:
+    """Ours: recover every requested pixel from its cut gradient and replay the client's training.
+
+    The client's loss is ``mean (C^ - C)^2`` over ``n`` rays and 3 channels, so the gradient at the cut is
+    linear in each ray's residual ``e_r = C^_r - C_r``: ``G_i = 2 / (3 n) * sum_c e_rc dC^_rc / dh_i`` for the
+    samples ``i`` of ray ``r``. With the client's head known, ``dC^/dh`` is known, and ``e_r`` is a 3-unknown least
+    squares over the ray's ``k_r * C`` gradient entries (as iDLG recovers labels analytically). The head *is*
+    known when its initialisation is predictable — privnerf's client seeds it from the ``seed`` its setup
+    message carries (so split equals centralized training) — and it stays known because the attacker repeats
+    the client's Adam step on the recovered pixels. Entries the attacker can tell are uninformative are left
+    out of the fit: exactly-zero gradient entries (pruned) and entries at dead ReLUs of the cut (what the
+    S²NeRF ``mix`` noise targets: the server knows which activations it sent as zero).
+    """
+
+    name = "replay"
+
+    def __init__(self, train_cfg, shift: float, hw: np.ndarray, background: torch.Tensor):
+        self.tcfg = train_cfg
+        self.shift = float(shift)
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(train_cfg.seed)  # the announced seed: the client's head initialisation
+        self.head = ClientHead(train_cfg.field.grid)
+        torch.set_rng_state(rng_state)
+        o = train_cfg.optim
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=o.lr_mlp, betas=(0.9, 0.99), eps=1e-15)
+        self.hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
+        sizes = self.hw[:, 0] * self.hw[:, 1]
+        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
+        self.widths = torch.tensor(self.hw[:, 1], dtype=torch.long)
+        self.recovered = torch.zeros(int(self.offsets[-1]), 3)
+        self.touched = torch.zeros(self.recovered.shape[0], dtype=torch.bool)
+        self.background = background.float().cpu()
+        self.steps = 0
+        self.history: list[dict[str, float]] = []
+
+    def progress(self, step: int, elapsed: float) -> float:
+        c = self.tcfg
+        p = step / max(c.steps, 1)
+        if c.max_time:
+            p = max(p, elapsed / c.max_time)
+        return min(p, 1.0)
+
+    def observe(self, batch, server=None) -> None:
+        h = batch.h.detach().cpu().requires_grad_(True)
+        grad = batch.grad.detach().cpu()
+        s = batch.samples
+        s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
+        dirs = batch.dirs.cpu()
+        n = dirs.shape[0]
+        out = render_activations(self.head, self.shift, h, s, dirs, self.background)
+        rgb = out["rgb"]
+        jac = [torch.autograd.grad(rgb[:, c].sum(), h, retain_graph=True)[0] for c in range(3)]
+        use = grad != 0
+        if self.head.feature_out is not None:
+            use[:, 1:] &= h.detach()[:, 1:] != 0
+        use = use.float()
+        ray = s.ray_idx
+        a = torch.zeros(n, 3, 3, dtype=torch.float64)
+        b = torch.zeros(n, 3, dtype=torch.float64)
+        for i in range(3):
+            ji = (jac[i] * use).double()
+            b[:, i].index_add_(0, ray, (ji * grad.double()).sum(1))
+            for j in range(i, 3):
+                v = torch.zeros(n, dtype=torch.float64).index_add_(0, ray, (ji * jac[j].double()).sum(1))
+                a[:, i, j] = v
+                a[:, j, i] = v
+        scale = 2.0 / (3.0 * n)
+        tr = a.diagonal(dim1=1, dim2=2).sum(1)
+        ok = tr > 0
+        e = torch.zeros(n, 3, dtype=torch.float64)
+        if bool(ok.any()):
+            reg = (1e-9 * tr[ok] + 1e-30)[:, None, None] * torch.eye(3, dtype=torch.float64)
+            e[ok] = torch.linalg.solve(a[ok] + reg, b[ok]) / scale
+        target = (rgb.detach().double() - e).float()
+        idx = self.offsets[batch.view] + batch.v * self.widths[batch.view] + batch.u
+        self.recovered[idx[ok]] = target[ok].clamp(0, 1)
+        self.touched[idx[ok]] = True
+        # the client's own step, on the recovered pixels
+        loss = torch.mean((rgb - target) ** 2)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        elapsed = float(server.trainer.train_time) if server is not None and server.trainer is not None else 0.0
+        lr = self.tcfg.optim.lr_mlp * self.tcfg.optim.lr_final_factor ** self.progress(batch.step, elapsed)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        self.steps += 1
+        if self.steps % 50 == 0 or self.steps == 1:
+            self.history.append({"step": batch.step, "residual_rms": float(e[ok].pow(2).mean().sqrt()) if bool(ok.any())
+                                 else 0.0})
+
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict(), "opt": self.opt.state_dict(), "recovered": self.recovered,
+                "touched": self.touched, "steps": self.steps, "history": self.history, "hw": self.hw,
+                "shift": self.shift}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.head.load_state_dict(st["head"])
+        self.opt.load_state_dict(st["opt"])
+        self.recovered, self.touched = st["recovered"], st["touched"]
+        self.steps, self.history = st["steps"], list(st["history"])
+
+    def save(self, run_dir: Path) -> None:
+        atomic_torch_save(self.state_dict(), Path(run_dir) / "attack" / f"{self.name}.pt")
+
+    def dummy_image(self, view: int) -> np.ndarray:
+        """The recovered pixels of training image ``view`` ``(h, w, 3)`` (pixels never requested are 0)."""
+        h, w = self.hw[view]
+        img = self.recovered[self.offsets[view] : self.offsets[view + 1]].reshape(h, w, 3).clone()
+        img[~self.touched[self.offsets[view] : self.offsets[view + 1]].reshape(h, w)] = 0
+        return img.numpy()
+
+
+def make_attacks(cfg: AttackConfig, trainer) -> list:
+    """The attacks of ``cfg.kinds`` against a server's trainer (which knows the announced configuration)."""
+    hw = np.array([trainer.scene.hw(i) for i in range(trainer.scene.num_views)])
+    shift, bg = float(trainer.field.shift), trainer.background.cpu()
+    out = []
+    for kind in cfg.kinds:
+        if kind == "sma":
+            out.append(SurrogateModelAttack(cfg, trainer.cfg.field.grid, shift, hw, bg, trainer.cfg.steps))
+        elif kind == "replay":
+            out.append(ReplayAttack(trainer.cfg, shift, hw, bg))
+        else:
+            raise ValueError(f"unknown attack {kind!r} (expected 'sma' or 'replay')")
+    return out
+
+
+def attack_factory(cfg: AttackConfig, resume: bool = False):
+    """An observer factory for :class:`~privnerf.split.server.SplitServer` (the attacks need the trainer)."""
+
+    def make(server) -> list:
+        if not cfg.enabled:
+            return []
+        attacks = make_attacks(cfg, server.trainer)
+        for attack in attacks:
+            path = server.run_dir / "attack" / f"{attack.name}.pt" if server.run_dir is not None else None
+            if resume and path is not None and path.exists():
+                attack.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        server.attacks = {a.name: a for a in attacks}
+        return attacks
+
+    return make
+
+
+# -- the attacker's renders --------------------------------------------------------------------------
+@torch.no_grad()
+def server_activations(trainer, origins: torch.Tensor, dirs: torch.Tensor, inference: bool = True):
+    """The server's own cut activation for arbitrary rays (it can compute these for any pose)."""
+    from privnerf.render.renderer import select_samples
+
+    field = trainer.field
+    s = select_samples(field, trainer.occ, origins, dirs, trainer.settings(inference=inference), jitter=not inference)
+    xs = field.space(origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx])
+    inside = field._inside(xs)
+    s, xs = s.select(inside), xs[inside]
+    return field.encode_space(xs), s
+
+
+@torch.no_grad()
+def render_with_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: int,
+                     chunk: int = 16384) -> np.ndarray:
+    """Render a view with the server's grids and ``head`` (a surrogate): ``(h, w, 3)`` in [0, 1]."""
+    from privnerf.data.cameras import image_rays
+
+    o, d, _ = image_rays(torch.as_tensor(c2w).float(), torch.as_tensor(intrinsics).float(), h, w)
+    rgb = []
+    for i in range(0, o.shape[0], chunk):
+        oo, dd = o[i : i + chunk].to(trainer.device), d[i : i + chunk].to(trainer.device)
+        hh, s = server_activations(trainer, oo, dd)
+        rgb.append(render_activations(head, shift, hh.cpu(), type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu()),
+                                      dd.cpu(), trainer.background.cpu())["rgb"])
+    return torch.cat(rgb).reshape(h, w, 3).clamp(0, 1).numpy()
+
+
+def finetune_on_leaked(attack: SurrogateModelAttack, trainer, leaked, cfg: AttackConfig, quiet: bool = True) -> list[float]:
+    """SA-SMA: fine-tune the surrogate head on ``leaked`` (a Scene of leaked images at known poses), with the
+    server's grids frozen. Returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    from privnerf.train.rays import PixelSampler
+
+    if leaked is None or leaked.num_views == 0:
+        return []
+    pixels = PixelSampler(leaked, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.Adam(attack.head.parameters(), lr=cfg.finetune_lr, betas=(0.9, 0.99), eps=1e-15)
+    losses = []
+    n = trainer.cfg.optim.batch_rays
+    for t in tqdm(range(cfg.finetune_steps), desc="SA-SMA fine-tune", disable=quiet, leave=False):
+        o, d, target = pixels.sample(n, gen)
+        hh, s = server_activations(trainer, o.to(trainer.device), d.to(trainer.device), inference=False)
+        s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
+        with torch.enable_grad():
+            out = render_activations(attack.head, attack.shift, hh.cpu(), s, d.cpu(),
+                                     attack.background)
+            loss = torch.mean((out["rgb"] - target) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = cfg.finetune_lr * 0.1 ** (t / max(cfg.finetune_steps, 1))
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+def constant_colour_psnr(images: list[np.ndarray]) -> float:
+    """PSNR of the best constant image (the mean colour over all given images) — what "no information" scores;
+    an oracle constant, so an attacker above it has learned something about the scene."""
+    from privnerf.eval.metrics import psnr
+
+    mean = np.concatenate([im.reshape(-1, 3) for im in images]).mean(axis=0)
+    return float(np.mean([psnr(np.broadcast_to(mean, im.shape).astype(np.float32), im) for im in images]))
+
+
+def psnr_over(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR over the masked pixels only (``nan`` when the mask is empty)."""
+    if not mask.any():
+        return float("nan")
+    mse = float(np.mean((pred[mask] - gt[mask]) ** 2))
+    return -10 * math.log10(max(mse, 1e-10))

@@ -1,0 +1,67 @@
+"""Split-training configuration: ``privnerf split train`` exposes every field as a flag."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Literal, Optional
+
+from privnerf.privacy.gradient_defense import DefenseConfig, DefenseName
+from privnerf.privacy.split_attack import AttackConfig
+from privnerf.train.config import TrainConfig
+
+
+@dataclass
+class SplitConfig:
+    data: str = "builtin"
+    """Dataset the client holds (its images never leave the client process)."""
+    defense: DefenseName = "none"
+    """What the client does to the cut gradient (privnerf.privacy.gradient_defense)."""
+    c: float = 1.0
+    """Noise scale (s2nerf, s2nerf-light, gaussian): sigma = c * the batch's largest per-sample gradient norm."""
+    r: float = 0.01
+    """S²NeRF decay ratio: the noise falls to r times its initial scale at the end of training."""
+    mix: bool = False
+    light_fraction: float = 0.25
+    prune_ratio: float = 0.9
+    clip: float = 0.0
+    cut_width: int = 32
+    """Width of the cut: the server's feature layer ``Linear(F, W) + ReLU`` sends W features per sample and the
+    client decodes them with its own ``Linear(W, F)``. 0 cuts right after the grids, whose values the fixed
+    activations decode: the server then renders the scene itself and no gradient defense can hide it."""
+    transport: Literal["inproc", "grpc"] = "inproc"
+    """inproc: both roles in this process (same bytes, same checks); grpc: the server runs as a separate
+    process (started here, or --server to use a running `privnerf split serve`)."""
+    server: Optional[str] = None
+    """host:port of a running `privnerf split serve` (implies --transport grpc)."""
+    experiment: str = "split"
+    output: Optional[Path] = None
+    steps: int = 3000
+    max_time: Optional[float] = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    """Device of the server's half (the client's head is tiny and runs on the CPU)."""
+    threads: Optional[int] = None
+    resume: bool = False
+    eval_max_images: Optional[int] = 8
+    """Test views scored for utility and attack (None = all)."""
+    background: Optional[Literal["white", "black"]] = None
+    attack: AttackConfig = dc_field(default_factory=AttackConfig)
+    train: TrainConfig = dc_field(default_factory=TrainConfig)
+    """Field, rendering and optimizer settings (steps, seed, device from the top-level flags win)."""
+
+    def train_config(self) -> TrainConfig:
+        t = copy.deepcopy(self.train)
+        t.data, t.steps, t.max_time, t.seed = self.data, self.steps, self.max_time, self.seed
+        t.device, t.threads, t.background = self.device, self.threads, self.background
+        t.eval_max_images = self.eval_max_images
+        t.field.kind = "grid"
+        t.field.grid.cut_width = self.cut_width
+        t.personal.enabled = False
+        return t
+
+    def defense_config(self) -> DefenseConfig:
+        return DefenseConfig(name=self.defense, c=self.c, r=self.r, mix=self.mix,
+                             light_fraction=self.light_fraction, prune_ratio=self.prune_ratio, clip=self.clip)
