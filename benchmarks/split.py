@@ -1,0 +1,211 @@
+"""Split learning benchmarks: utility against what a curious server recovers, per defense.
+
+For one scene, at the same number of steps and the same batch:
+
+* ``central-core``: centralized training of the core grid field (the engine's default);
+* ``central-cut``: centralized training of the split architecture (the grid field with the cut feature layer);
+* split training with no defense and with each defense over a small (c, r) grid, every run attacked online by
+  the SMA (the paper's) and the replay attack (ours); each scored on the first ``--views`` test views:
+  client utility, each attacker's NeRF, the server's grids with an uninformed head ("geometry only") and the
+  constant-colour image;
+* ``transport``: ms per step and bytes per step in process vs over loopback gRPC (attacks off, 60 steps).
+
+Usage: ``python benchmarks/split.py --scene lego --steps 500`` → ``benchmarks/results/split-<scene>.json``,
+``split-<scene>-tradeoff.png`` (utility vs attacker PSNR), ``split-<scene>-renders.png`` (GT | client |
+geometry only | SMA | replay, undefended and default defense). Runs are sequential (timings need an idle
+machine); runs go under ``outputs/bench-split/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from privnerf.data.paths import data_root  # noqa: E402
+from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
+
+SCENES = {"lego": "nerf_synthetic/lego", "fern": "nerf_llff_data/fern", "builtin": "builtin"}
+# (tag, defense, c, r, extra flags)
+GRID = [
+    ("none", "none", 0.0, 1.0, {}),
+    ("s2nerf-c0.1-r1", "s2nerf", 0.1, 1.0, {}),
+    ("s2nerf-c1-r1", "s2nerf", 1.0, 1.0, {}),
+    ("s2nerf-c1-r0.01", "s2nerf", 1.0, 0.01, {}),
+    ("s2nerf-c3-r0.01", "s2nerf", 3.0, 0.01, {}),
+    ("s2nerf-c10-r0.01", "s2nerf", 10.0, 0.01, {}),
+    ("s2nerf-light-c3-r0.01", "s2nerf-light", 3.0, 0.01, {}),
+    ("gaussian-c0.1", "gaussian", 0.1, 1.0, {}),
+    ("prune-0.9", "prune", 0.0, 1.0, {"prune_ratio": 0.9}),
+    ("prune-0.99", "prune", 0.0, 1.0, {"prune_ratio": 0.99}),
+]
+SHORT = ["none", "s2nerf-c1-r0.01", "s2nerf-c3-r0.01"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def central(data: str, steps: int, views: int, cut_width: int, out: Path, rays: int) -> dict:
+    from privnerf.cli.train import train_and_evaluate
+    from privnerf.split.config import SplitConfig
+
+    t = SplitConfig(data=data, steps=steps, cut_width=cut_width, eval_max_images=views).train_config()
+    t.optim.batch_rays = rays
+    t.output = out
+    t.checkpoint_every_s = 1e9
+    r = train_and_evaluate(t, quiet=True)
+    return {k: r[k] for k in ("psnr", "ssim", "lpips", "steps", "train_time_s", "num_images")}
+
+
+def split_run(data: str, steps: int, views: int, defense: str, c: float, r: float, extra: dict, out: Path,
+              rays: int, transport: str = "inproc", attack: bool = True) -> dict:
+    from privnerf.split.config import SplitConfig
+    from privnerf.split.run import run_split
+
+    cfg = SplitConfig(data=data, steps=steps, defense=defense, c=c, r=r, eval_max_images=views, output=out,
+                      transport=transport, **extra)
+    cfg.attack.enabled = attack
+    cfg.train.optim.batch_rays = rays
+    cfg.train.checkpoint_every_s = 1e9
+    res = run_split(cfg, quiet=True)
+    res.pop("run_dir", None)
+    return res
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    runs = result["split"]
+    colours = {"none": "k", "s2nerf": "tab:blue", "s2nerf-light": "tab:cyan", "gaussian": "tab:orange",
+               "prune": "tab:green"}
+    for tag, r in runs.items():
+        d = r["defense"]["name"]
+        for kind, marker in (("replay", "o"), ("sma", "^")):
+            if kind in r.get("attack", {}):
+                ax.scatter(r["psnr"], r["attack"][kind]["psnr"], c=colours.get(d, "gray"), marker=marker, s=36)
+        if "replay" in r.get("attack", {}):
+            ax.annotate(tag.replace("s2nerf-", ""), (r["psnr"], r["attack"]["replay"]["psnr"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    any_run = next(iter(runs.values()))
+    ax.axhline(any_run["constant_colour_psnr"], ls=":", c="gray", label="constant colour")
+    ax.axhline(any_run["constant_colour_psnr"] + 1, ls="--", c="gray", lw=0.8, label="constant colour + 1 dB")
+    if "attack" in runs.get("none", {}):
+        ax.axhline(runs["none"]["attack"]["geometry_only"]["psnr"], ls="-.", c="tab:red", lw=0.8,
+                   label="server grids + uninformed head (none)")
+    ax.axvline(result["central"]["core"]["psnr"], ls=":", c="tab:purple", label="centralized core")
+    ax.set_xlabel("utility: client test PSNR (dB)")
+    ax.set_ylabel("attacker test PSNR (dB)  o replay  ^ SMA")
+    ax.set_title(f"split learning on {result['scene']}, {result['steps']} steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def renders(result: dict, out_root: Path, path: Path, tags: list[str]) -> None:
+    import imageio.v3 as iio
+    import numpy as np
+
+    rows = []
+    for tag in tags:
+        fig = out_root / tag / "figure.png"
+        if fig.exists():
+            img = iio.imread(fig)[..., :3]
+            h = img.shape[0] // min(3, result["views"])
+            rows.append(img[:h])  # the first test view of each run
+    if rows:
+        w = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, w - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+        iio.imwrite(path, np.concatenate(rows, axis=0))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--scene", default="lego", choices=list(SCENES))
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--rays", type=int, default=4096)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--grid", default="full", choices=["full", "short"])
+    p.add_argument("--only", default=None, help="comma-separated run tags (re-run a subset, merging results)")
+    a = p.parse_args()
+    data = SCENES[a.scene] if a.scene == "builtin" else str(data_root() / SCENES[a.scene])
+    if a.scene != "builtin" and not Path(data).exists():
+        sys.exit(f"{data} not found (set PRIVNERF_DATA)")
+    out_root = ROOT / "outputs" / "bench-split" / a.scene / datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    res_path = ROOT / "benchmarks" / "results" / f"split-{a.scene}.json"
+    only = set(a.only.split(",")) if a.only else None
+    result = json.loads(res_path.read_text()) if only and res_path.exists() else {"central": {}, "split": {}}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.update({"scene": a.scene, "data": SCENES[a.scene], "steps": a.steps, "rays": a.rays, "views": a.views,
+                   "machine": machine(), "started": started,
+                   "command": "python benchmarks/split.py " + " ".join(sys.argv[1:]),
+                   "commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()})
+
+    def save():
+        result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
+
+    for tag, cw in (("core", 0), ("cut", 32)):
+        if only and f"central-{tag}" not in only:
+            continue
+        t0 = time.perf_counter()
+        result["central"][tag] = central(data, a.steps, a.views, cw, out_root / f"central-{tag}", a.rays)
+        print(f"central-{tag}: {result['central'][tag]['psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)", flush=True)
+        save()
+    grid = [g for g in GRID if a.grid == "full" or g[0] in SHORT]
+    for tag, defense, c, r, extra in grid:
+        if only and tag not in only:
+            continue
+        t0 = time.perf_counter()
+        res = split_run(data, a.steps, a.views, defense, c, r, extra, out_root / tag, a.rays)
+        res["wall_s"] = time.perf_counter() - t0
+        result["split"][tag] = res
+        at = res.get("attack", {})
+        print(f"{tag}: utility {res['psnr']:.2f}  replay {at.get('replay', {}).get('psnr', float('nan')):.2f}  "
+              f"sma {at.get('sma', {}).get('psnr', float('nan')):.2f}  geometry-only "
+              f"{at.get('geometry_only', {}).get('psnr', float('nan')):.2f}  const {res['constant_colour_psnr']:.2f}"
+              f"  ({res['wall_s']:.0f} s)", flush=True)
+        save()
+    if not only or "transport" in only:
+        tr = {}
+        for transport in ("inproc", "grpc"):
+            res = split_run(data, 60, 1, "none", 0.0, 1.0, {}, out_root / f"transport-{transport}", a.rays,
+                            transport=transport, attack=False)
+            tr[transport] = {"s_per_step": res["train_time_s"] / res["steps"],
+                             "bytes_up_per_step": res["bytes_up_per_step"],
+                             "bytes_down_per_step": res["bytes_down_per_step"]}
+            print(f"transport {transport}: {tr[transport]['s_per_step'] * 1000:.0f} ms/step", flush=True)
+        result["transport"] = tr
+        save()
+    plot(result, res_path.with_name(f"split-{a.scene}-tradeoff.png"))
+    renders(result, out_root, res_path.with_name(f"split-{a.scene}-renders.png"),
+            [t for t in ("none", "s2nerf-c1-r0.01", "s2nerf-c3-r0.01", "s2nerf-c10-r0.01") if (out_root / t).exists()])
+    save()
+    print(f"wrote {res_path}")
+
+
+if __name__ == "__main__":
+    main()
