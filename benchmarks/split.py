@@ -3,7 +3,8 @@
 For one scene, at the same number of steps and the same batch:
 
 * ``central-core``: centralized training of the core grid field (the engine's default);
-* ``central-cut``: centralized training of the split architecture (the grid field with the cut feature layer);
+* ``central-decoder``: centralized training of the split architecture (the grid field with the client's
+  linear feature decoder);
 * split training with no defense and with each defense over a small (c, r) grid, every run attacked online by
   the SMA (the paper's) and the replay attack (ours); each scored on the first ``--views`` test views:
   client utility, each attacker's NeRF, the server's grids with an uninformed head ("geometry only") and the
@@ -46,6 +47,9 @@ GRID = [
     ("gaussian-c0.1", "gaussian", 0.1, 1.0, {}),
     ("prune-0.9", "prune", 0.0, 1.0, {"prune_ratio": 0.9}),
     ("prune-0.99", "prune", 0.0, 1.0, {"prune_ratio": 0.99}),
+    ("relu-none", "none", 0.0, 1.0, {"decoder": "relu"}),
+    ("relu-s2nerf-mix-c1-r0.01", "s2nerf", 1.0, 0.01, {"decoder": "relu", "mix": True}),
+    ("none-private-head", "none", 0.0, 1.0, {"private_head": True}),
 ]
 SHORT = ["none", "s2nerf-c1-r0.01", "s2nerf-c3-r0.01"]
 
@@ -64,11 +68,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def central(data: str, steps: int, views: int, cut_width: int, out: Path, rays: int) -> dict:
+def central(data: str, steps: int, views: int, decoder: str, out: Path, rays: int) -> dict:
     from privnerf.cli.train import train_and_evaluate
     from privnerf.split.config import SplitConfig
 
-    t = SplitConfig(data=data, steps=steps, cut_width=cut_width, eval_max_images=views).train_config()
+    t = SplitConfig(data=data, steps=steps, decoder=decoder, eval_max_images=views).train_config()
     t.optim.batch_rays = rays
     t.output = out
     t.checkpoint_every_s = 1e9
@@ -168,7 +172,7 @@ def main() -> None:
         result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
 
-    for tag, cw in (("core", 0), ("cut", 32)):
+    for tag, cw in (("core", "none"), ("decoder", "linear")):
         if only and f"central-{tag}" not in only:
             continue
         t0 = time.perf_counter()

@@ -154,6 +154,42 @@ def fed_tables() -> list[str]:
     return out
 
 
+def split_tables() -> list[str]:
+    out = []
+    for path in sorted(RESULTS.glob("split-*.json")):
+        r = json.loads(path.read_text())
+        out.append(f"Machine: {r['machine']}. {r['steps']} steps of {r['rays']} rays; scores on the first {r['views']} "
+                   f"test views.\n")
+        c = r["central"]
+        if c:
+            out += head(f"{path.stem}: centralized references (finished {r['finished']}; commit {r['commit']}; "
+                        f"`{r['command']}`)", ["run", "PSNR", "SSIM", "LPIPS", "train s"])
+            for tag, row in c.items():
+                out.append(f"| central-{tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(row['lpips'], 3)} | "
+                           f"{row['train_time_s']:.0f} |")
+            out.append("")
+        out += head(f"{path.stem}: split training per defense, attacked online",
+                    ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker", "geometry only",
+                     "constant colour", "replay: training pixels PSNR", "MB up / down per step", "train s"])
+        for tag, row in r["split"].items():
+            a = row.get("attack", {})
+            rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
+            out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
+                       f"{fmt(sm.get('psnr'))} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
+                       f"{fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
+                       f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} |")
+        out.append("")
+        t = r.get("transport")
+        if t:
+            out += head(f"{path.stem}: transport cost (60 steps, attacks off)", ["transport", "ms per step",
+                                                                                  "MB up per step", "MB down per step"])
+            for k, row in t.items():
+                out.append(f"| {k} | {1000 * row['s_per_step']:.0f} | {row['bytes_up_per_step'] / 1e6:.1f} | "
+                           f"{row['bytes_down_per_step'] / 1e6:.1f} |")
+            out.append("")
+    return out
+
+
 def plot() -> Path | None:
     try:
         import matplotlib
@@ -190,7 +226,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + field_ops_table() + check_runs() + crowd_tables() + fed_tables()))
+    print("\n".join(engine_tables() + field_ops_table() + check_runs() + crowd_tables() + fed_tables() + split_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")

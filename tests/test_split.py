@@ -57,9 +57,9 @@ def make_pair(cfg: SplitConfig, scene=None, observers=None, defense=None):
     return server, client, transport
 
 
-@pytest.mark.parametrize("cut_width", [32, 0])
-def test_undefended_cut_gradient_equals_centralized(cut_width):
-    cfg = split_cfg(cut_width=cut_width)
+@pytest.mark.parametrize("decoder", ["linear", "relu", "none"])
+def test_undefended_cut_gradient_equals_centralized(decoder):
+    cfg = split_cfg(decoder=decoder)
     tcfg = cfg.train_config()
     scene = load_split(tcfg, "train")
     central = Trainer(tcfg, scene)

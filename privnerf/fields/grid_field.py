@@ -20,6 +20,7 @@ GFLOP/s there), and a batch shades 50-400 thousand samples but only 4096 rays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -60,10 +61,17 @@ class GridFieldConfig:
     dir_freqs: int = 4
     alpha_init: float = 1e-2
     """Opacity of an untouched voxel over one render step."""
-    cut_width: int = 0
-    """0: features are decoded by fixed activations (the core field). > 0: a learned per-sample feature
-    layer ``Linear(F, W) + ReLU`` then ``Linear(W, F)`` before the activations — split learning's cut sits
-    between the two, so the server's grids mean nothing without the client's decoder (privnerf.split)."""
+    decoder: Literal["none", "linear", "relu"] = "none"
+    """A learned per-sample feature decoder before the fixed activations, for split learning (privnerf.split),
+    so the server's grids mean nothing without the client's half. none: the core field. linear: the client
+    decodes the raw features with ``Linear(F, F)`` (random orthogonal initialisation). relu: the server
+    applies ``Linear(F, cut_width) + ReLU`` and the client ``Linear(cut_width, F)`` (the paper's shape: a
+    64-d post-ReLU cut; S²NeRF's ``mix`` noise needs its dead ReLUs)."""
+    cut_width: int = 32
+    """Width of the ``relu`` decoder's cut."""
+    cut_init_std: float = 1e-2
+    """``relu`` decoder: standard deviation of the feature grid's initial values (all-zero features would sit
+    at the ReLU's kink, where no gradient passes)."""
 
 
 def make_rgb_net(cfg: GridFieldConfig) -> nn.Sequential:
@@ -78,8 +86,18 @@ def make_rgb_net(cfg: GridFieldConfig) -> nn.Sequential:
 
 
 def make_feature_out(cfg: GridFieldConfig) -> nn.Module | None:
-    """The client half of the feature layer (``None`` without ``cut_width``)."""
-    return nn.Linear(cfg.cut_width, cfg.feature_dim) if cfg.cut_width > 0 else None
+    """The client half of the feature decoder (``None`` for the core field)."""
+    if cfg.decoder == "relu":
+        return nn.Linear(cfg.cut_width, cfg.feature_dim)
+    if cfg.decoder == "linear":
+        layer = nn.Linear(cfg.feature_dim, cfg.feature_dim)
+        with torch.no_grad():
+            nn.init.orthogonal_(layer.weight)
+            layer.bias.zero_()
+        return layer
+    if cfg.decoder != "none":
+        raise ValueError(f"unknown grid decoder {cfg.decoder!r} (none, linear, relu)")
+    return None
 
 
 def decode_cut(h: torch.Tensor, shift: float, feature_out: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +135,11 @@ class GridField(RadianceField):
         # Built in this order (after rgb_net) so a split client seeding like Trainer gets the same weights.
         self.feature_out = make_feature_out(cfg)
         self.feature_in = (nn.Sequential(nn.Linear(cfg.feature_dim, cfg.cut_width, bias=False), nn.ReLU())
-                           if cfg.cut_width > 0 else None)
+                           if cfg.decoder == "relu" else None)
+        if self.feature_in is not None:
+            # drawn last, so the heads above keep their seeded initialisation
+            with torch.no_grad():
+                self.feature_grid.data.normal_(0.0, cfg.cut_init_std)
         self.register_buffer("grow_count", torch.zeros((), dtype=torch.long))
 
     def grids(self) -> list[DenseGrid]:
@@ -137,7 +159,7 @@ class GridField(RadianceField):
     @property
     def cut_channels(self) -> int:
         """Channels of :meth:`encode_space`'s output: density logit + features (``cut_width`` or ``feature_dim``)."""
-        return 1 + (self.cfg.cut_width or self.cfg.feature_dim)
+        return 1 + (self.cfg.cut_width if self.cfg.decoder == "relu" else self.cfg.feature_dim)
 
     def encode_space(self, xs: torch.Tensor) -> torch.Tensor:
         """The server part of the field: working-box points ``(n, 3)`` → ``(n, cut_channels)``: the density

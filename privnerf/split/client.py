@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,11 @@ class SplitClient:
     """
 
     def __init__(self, cfg: TrainConfig, scene: Scene, transport, defense: GradientDefense,
-                 render_scene: Scene | None = None, run_dir: Path | None = None):
+                 render_scene: Scene | None = None, run_dir: Path | None = None, private_head: bool = False):
         if cfg.field.kind != "grid":
             raise ValueError("split training needs the grid field (--field.kind grid)")
+        if defense.cfg.mix and cfg.field.grid.decoder != "relu":
+            raise ValueError("the mix defense drowns entries at dead ReLUs of the cut: it needs --decoder relu")
         self.cfg = cfg
         self.scene = scene
         self.render_scene = render_scene
@@ -63,8 +66,9 @@ class SplitClient:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device("cpu")
         gc = cfg.field.grid
-        # Same seed, same draw order as Trainer.__init__ → the same head initialisation as centralized training.
-        torch.manual_seed(cfg.seed)
+        # Same seed, same draw order as Trainer.__init__ → the same head initialisation as centralized training;
+        # or a secret seed, which the server cannot replay.
+        torch.manual_seed(int.from_bytes(os.urandom(8), "little") if private_head else cfg.seed)
         self.head = ClientHead(gc).to(self.device)
         o = cfg.optim
         self.opt = torch.optim.Adam(self.head.parameters(), lr=o.lr_mlp, betas=(0.9, 0.99), eps=1e-15)

@@ -27,10 +27,14 @@ class SplitConfig:
     light_fraction: float = 0.25
     prune_ratio: float = 0.9
     clip: float = 0.0
+    decoder: Literal["linear", "relu", "none"] = "linear"
+    """The client's private feature decoder (privnerf.fields.grid_field.GridFieldConfig.decoder): linear (the
+    server sends the raw grid values), relu (a server layer Linear(F, cut_width) + ReLU, the paper's shape), or
+    none (fixed activations: the server can render the scene itself and no gradient defense can hide it)."""
     cut_width: int = 32
-    """Width of the cut: the server's feature layer ``Linear(F, W) + ReLU`` sends W features per sample and the
-    client decodes them with its own ``Linear(W, F)``. 0 cuts right after the grids, whose values the fixed
-    activations decode: the server then renders the scene itself and no gradient defense can hide it."""
+    private_head: bool = False
+    """Initialise the client's head from a secret seed instead of the announced one (split training then no
+    longer equals centralized training step for step, and the replay attack has no head to replay)."""
     transport: Literal["inproc", "grpc"] = "inproc"
     """inproc: both roles in this process (same bytes, same checks); grpc: the server runs as a separate
     process (started here, or --server to use a running `privnerf split serve`)."""
@@ -58,6 +62,7 @@ class SplitConfig:
         t.device, t.threads, t.background = self.device, self.threads, self.background
         t.eval_max_images = self.eval_max_images
         t.field.kind = "grid"
+        t.field.grid.decoder = self.decoder
         t.field.grid.cut_width = self.cut_width
         t.personal.enabled = False
         return t

@@ -111,7 +111,7 @@ def run_split(cfg: SplitConfig, quiet: bool = False) -> dict[str, Any]:
         transport = InProcessTransport(server)
     try:
         client = SplitClient(tcfg, train_scene, transport, defense, render_scene=test_scene,
-                             run_dir=run_dir / "client")
+                             run_dir=run_dir / "client", private_head=cfg.private_head)
         client.setup(resume=cfg.resume)
         stats = client.train(quiet=quiet)
         t0 = time.perf_counter()
