@@ -52,6 +52,9 @@ GRID = [
     ("none-private-head", "none", 0.0, 1.0, {"private_head": True}),
 ]
 SHORT = ["none", "s2nerf-c1-r0.01", "s2nerf-c3-r0.01"]
+WITH_SMA = {"none", "s2nerf-c1-r0.01", "none-private-head"}
+"""The SMA costs ~0.2 s a step on lego and recovers little (see BENCHMARKS.md); the other runs carry the replay
+attack only."""
 
 
 def machine() -> str:
@@ -81,13 +84,14 @@ def central(data: str, steps: int, views: int, decoder: str, out: Path, rays: in
 
 
 def split_run(data: str, steps: int, views: int, defense: str, c: float, r: float, extra: dict, out: Path,
-              rays: int, transport: str = "inproc", attack: bool = True) -> dict:
+              rays: int, transport: str = "inproc", attack: bool = True, kinds=("sma", "replay")) -> dict:
     from privnerf.split.config import SplitConfig
     from privnerf.split.run import run_split
 
     cfg = SplitConfig(data=data, steps=steps, defense=defense, c=c, r=r, eval_max_images=views, output=out,
                       transport=transport, **extra)
     cfg.attack.enabled = attack
+    cfg.attack.kinds = tuple(kinds)
     cfg.train.optim.batch_rays = rays
     cfg.train.checkpoint_every_s = 1e9
     res = run_split(cfg, quiet=True)
@@ -153,6 +157,7 @@ def main() -> None:
     p.add_argument("--rays", type=int, default=4096)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--grid", default="full", choices=["full", "short"])
+    p.add_argument("--no-transport", action="store_true", help="skip the transport timing")
     p.add_argument("--only", default=None, help="comma-separated run tags (re-run a subset, merging results)")
     a = p.parse_args()
     data = SCENES[a.scene] if a.scene == "builtin" else str(data_root() / SCENES[a.scene])
@@ -184,7 +189,8 @@ def main() -> None:
         if only and tag not in only:
             continue
         t0 = time.perf_counter()
-        res = split_run(data, a.steps, a.views, defense, c, r, extra, out_root / tag, a.rays)
+        kinds = ("sma", "replay") if tag in WITH_SMA else ("replay",)
+        res = split_run(data, a.steps, a.views, defense, c, r, extra, out_root / tag, a.rays, kinds=kinds)
         res["wall_s"] = time.perf_counter() - t0
         result["split"][tag] = res
         at = res.get("attack", {})
@@ -193,7 +199,7 @@ def main() -> None:
               f"{at.get('geometry_only', {}).get('psnr', float('nan')):.2f}  const {res['constant_colour_psnr']:.2f}"
               f"  ({res['wall_s']:.0f} s)", flush=True)
         save()
-    if not only or "transport" in only:
+    if (not only or "transport" in only) and not a.no_transport:
         tr = {}
         for transport in ("inproc", "grpc"):
             res = split_run(data, 60, 1, "none", 0.0, 1.0, {}, out_root / f"transport-{transport}", a.rays,
