@@ -42,8 +42,9 @@ bench: setup
 	$(BIN)/python benchmarks/crowd_presets.py
 	$(BIN)/python benchmarks/secagg_bias.py
 	$(BIN)/python benchmarks/decentnerf.py --study demo5 --scene builtin --rounds 4 --local-epochs 1.0
-	$(BIN)/python benchmarks/split.py --scene lego --steps 500
-	$(BIN)/python benchmarks/split.py --scene fern --steps 500 --grid short
+	$(BIN)/python benchmarks/split.py --scene lego --steps 500 --grid short --no-transport
+	$(BIN)/python benchmarks/split.py --scene fern --steps 300 --views 3 --grid short --no-transport
+	$(BIN)/python benchmarks/split.py --scene builtin --only transport
 	$(BIN)/python benchmarks/summarize.py
 
 clean:

@@ -168,9 +168,10 @@ def split_tables() -> list[str]:
                 out.append(f"| central-{tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(row['lpips'], 3)} | "
                            f"{row['train_time_s']:.0f} |")
             out.append("")
-        out += head(f"{path.stem}: split training per defense, attacked online",
-                    ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker", "geometry only",
-                     "constant colour", "replay: training pixels PSNR", "MB up / down per step", "train s"])
+        if r["split"]:
+            out += head(f"{path.stem}: split training per defense, attacked online",
+                        ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker", "geometry only",
+                         "constant colour", "replay: training pixels PSNR", "MB up / down per step", "train s"])
         for tag, row in r["split"].items():
             a = row.get("attack", {})
             rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
@@ -178,7 +179,8 @@ def split_tables() -> list[str]:
                        f"{fmt(sm.get('psnr'))} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
                        f"{fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
                        f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} |")
-        out.append("")
+        if r["split"]:
+            out.append("")
         t = r.get("transport")
         if t:
             out += head(f"{path.stem}: transport cost (60 steps, attacks off)", ["transport", "ms per step",
