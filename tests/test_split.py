@@ -270,3 +270,18 @@ def test_split_cli_over_grpc_resume_and_sa_sma(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "privnerf", "split", "attack", "--run", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a split run directory" in bad.stderr
+
+
+def test_server_reports_a_bad_setup_as_an_error_reply():
+    cfg = split_cfg(steps=2)
+    tcfg = cfg.train_config()
+    server, client, _ = make_pair(cfg)
+    from privnerf.train.trainer import config_to_dict
+
+    bad = config_to_dict(tcfg)
+    bad["field"]["grid"]["feature_dim"] = 2  # the grid field needs >= 4 feature channels
+    reply = decode(server.handle(encode("setup", {"config": bad, "cameras": {"train": {}}, "resume": False})))
+    assert reply[0] == "error"
+    cams = json.loads(json.dumps(decode(client.transport.sent[0])[1]["cameras"]))
+    reply = decode(server.handle(encode("setup", {"config": bad, "cameras": cams, "resume": False})))
+    assert reply[0] == "error" and "feature_dim" in reply[1]["message"]

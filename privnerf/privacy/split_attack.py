@@ -63,7 +63,40 @@ class AttackConfig:
     finetune_lr: float = 1e-2
 
 
-class SurrogateModelAttack:
+class _PixelAttack:
+    """What both attacks share: a per-pixel store over the training images (the SMA's dummy images, the replay
+    attack's recovered pixels), flat-indexed by ``(view, u, v)``, and saving under ``run_dir/attack/``."""
+
+    name = ""
+    hw: np.ndarray
+
+    def _init_pixels(self, hw: np.ndarray) -> int:
+        self.hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
+        sizes = self.hw[:, 0] * self.hw[:, 1]
+        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
+        self.widths = torch.tensor(self.hw[:, 1], dtype=torch.long)
+        self.touched = torch.zeros(int(self.offsets[-1]), dtype=torch.bool)
+        return int(self.offsets[-1])
+
+    def flat_index(self, view: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.offsets[view] + v * self.widths[view] + u
+
+    def pixel_values(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def save(self, run_dir: Path) -> None:
+        atomic_torch_save(self.state_dict(), Path(run_dir) / "attack" / f"{self.name}.pt")
+
+    def dummy_image(self, view: int) -> np.ndarray:
+        """The attacker's version of training image ``view`` ``(h, w, 3)`` (pixels never requested are 0)."""
+        h, w = self.hw[view]
+        sl = slice(int(self.offsets[view]), int(self.offsets[view + 1]))
+        img = self.pixel_values()[sl].reshape(h, w, 3).clone()
+        img[~self.touched[sl].reshape(h, w)] = 0
+        return img.numpy()
+
+
+class SurrogateModelAttack(_PixelAttack):
     """The online SMA, as a :class:`privnerf.split.server.Observer`.
 
     Args:
@@ -84,14 +117,10 @@ class SurrogateModelAttack:
         torch.manual_seed(cfg.seed)
         self.head = ClientHead(grid_cfg)
         torch.set_rng_state(rng_state)  # the victim's jitter stream stays untouched
-        self.hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
-        sizes = self.hw[:, 0] * self.hw[:, 1]
-        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
-        self.widths = torch.tensor(self.hw[:, 1], dtype=torch.long)
-        self.dummy = torch.randn(int(self.offsets[-1]), 3, generator=gen).abs().clamp(0, 1)
+        n_pixels = self._init_pixels(hw)
+        self.dummy = torch.randn(n_pixels, 3, generator=gen).abs().clamp(0, 1)
         self.dummy_m = torch.zeros_like(self.dummy)
         self.dummy_v = torch.zeros_like(self.dummy)
-        self.touched = torch.zeros(self.dummy.shape[0], dtype=torch.bool)
         self.background = background.float().cpu()
         self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
         self.rho_sum = 0.0
@@ -108,8 +137,8 @@ class SurrogateModelAttack:
             return 10.0 / (t + 1)
         return self.cfg.decay ** min(t / self.total_steps, 1.0)
 
-    def flat_index(self, view: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.offsets[view] + v * self.widths[view] + u
+    def pixel_values(self) -> torch.Tensor:
+        return self.dummy
 
     def observe(self, batch, server=None) -> None:
         cfg = self.cfg
@@ -169,18 +198,9 @@ class SurrogateModelAttack:
         self.rho_sum, self.rho_count, self.steps = st["rho_sum"], st["rho_count"], st["steps"]
         self.history = list(st["history"])
 
-    def save(self, run_dir: Path) -> None:
-        atomic_torch_save(self.state_dict(), Path(run_dir) / "attack" / f"{self.name}.pt")
-
-    def dummy_image(self, view: int) -> np.ndarray:
-        """The attacker's reconstruction of training image ``view`` ``(h, w, 3)`` (untouched pixels are 0)."""
-        h, w = self.hw[view]
-        img = self.dummy[self.offsets[view] : self.offsets[view + 1]].reshape(h, w, 3).clone()
-        img[~self.touched[self.offsets[view] : self.offsets[view + 1]].reshape(h, w)] = 0
-        return img.numpy()
 
 
-class ReplayAttack:
+class ReplayAttack(_PixelAttack):
     """Ours: recover every requested pixel from its cut gradient and replay the client's training.
 
     The client's loss is ``mean (C^ - C)^2`` over ``n`` rays and 3 channels, so the gradient at the cut is
@@ -205,12 +225,7 @@ class ReplayAttack:
         torch.set_rng_state(rng_state)
         o = train_cfg.optim
         self.opt = torch.optim.Adam(self.head.parameters(), lr=o.lr_mlp, betas=(0.9, 0.99), eps=1e-15)
-        self.hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
-        sizes = self.hw[:, 0] * self.hw[:, 1]
-        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.long)
-        self.widths = torch.tensor(self.hw[:, 1], dtype=torch.long)
-        self.recovered = torch.zeros(int(self.offsets[-1]), 3)
-        self.touched = torch.zeros(self.recovered.shape[0], dtype=torch.bool)
+        self.recovered = torch.zeros(self._init_pixels(hw), 3)
         self.background = background.float().cpu()
         self.steps = 0
         self.history: list[dict[str, float]] = []
@@ -254,7 +269,7 @@ class ReplayAttack:
             reg = (1e-9 * tr[ok] + 1e-30)[:, None, None] * torch.eye(3, dtype=torch.float64)
             e[ok] = torch.linalg.solve(a[ok] + reg, b[ok]) / scale
         target = (rgb.detach().double() - e).float()
-        idx = self.offsets[batch.view] + batch.v * self.widths[batch.view] + batch.u
+        idx = self.flat_index(batch.view, batch.u, batch.v)
         self.recovered[idx[ok]] = target[ok].clamp(0, 1)
         self.touched[idx[ok]] = True
         # the client's own step, on the recovered pixels
@@ -282,15 +297,8 @@ class ReplayAttack:
         self.recovered, self.touched = st["recovered"], st["touched"]
         self.steps, self.history = st["steps"], list(st["history"])
 
-    def save(self, run_dir: Path) -> None:
-        atomic_torch_save(self.state_dict(), Path(run_dir) / "attack" / f"{self.name}.pt")
-
-    def dummy_image(self, view: int) -> np.ndarray:
-        """The recovered pixels of training image ``view`` ``(h, w, 3)`` (pixels never requested are 0)."""
-        h, w = self.hw[view]
-        img = self.recovered[self.offsets[view] : self.offsets[view + 1]].reshape(h, w, 3).clone()
-        img[~self.touched[self.offsets[view] : self.offsets[view + 1]].reshape(h, w)] = 0
-        return img.numpy()
+    def pixel_values(self) -> torch.Tensor:
+        return self.recovered
 
 
 def make_attacks(cfg: AttackConfig, trainer) -> list:

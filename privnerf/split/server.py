@@ -98,6 +98,9 @@ class SplitServer:
         except ProtocolError as exc:
             log.error("refused a client message: %s", exc)
             reply = error_message(str(exc))
+        except (ValueError, RuntimeError, OSError) as exc:  # e.g. a setup config the field cannot be built from
+            log.exception("a client message failed on the server")
+            reply = error_message(f"the server could not carry out the request: {exc}")
         self.bytes_out += len(reply)
         return reply
 
