@@ -5,6 +5,8 @@ For one scene, at the same number of steps and the same batch:
 * ``central-core``: centralized training of the core grid field (the engine's default);
 * ``central-decoder``: centralized training of the split architecture (the grid field with the client's
   linear feature decoder);
+* ``central-full``: centralized training with the ``full`` decoder and no empty-space skipping (uniform
+  samples), the architecture of split training where the client keeps the density;
 * split training with no defense and with each defense over a small (c, r) grid, every run attacked online by
   the SMA (the paper's) and the replay attack (ours); each scored on the first ``--views`` test views:
   client utility, each attacker's NeRF, the server's grids with an uninformed head ("geometry only") and the
@@ -50,10 +52,16 @@ GRID = [
     ("relu-none", "none", 0.0, 1.0, {"decoder": "relu"}),
     ("relu-s2nerf-mix-c1-r0.01", "s2nerf", 1.0, 0.01, {"decoder": "relu", "mix": True}),
     ("none-private-head", "none", 0.0, 1.0, {"private_head": True}),
+    # the client decodes density too (--decoder full): the server samples uniformly and holds no geometry
+    ("full-none", "none", 0.0, 1.0, {"decoder": "full"}),
+    ("full-private-none", "none", 0.0, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-c0.1-r1", "s2nerf", 0.1, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-c1-r0.01", "s2nerf", 1.0, 0.01, {"decoder": "full", "private_head": True}),
 ]
-SHORT = ["none", "s2nerf-c0.1-r1"]
+SHORT = ["none", "s2nerf-c0.1-r1", "full-private-none", "full-private-s2nerf-c0.1-r1"]
 """The measured set (BENCHMARKS.md). Runs with c >= 1 take several times longer: early noise becomes density."""
-WITH_SMA = {"none", "s2nerf-c0.1-r1", "none-private-head"}
+WITH_SMA = {"none", "s2nerf-c0.1-r1", "none-private-head", "full-private-none", "full-private-s2nerf-c0.1-r1",
+            "full-private-s2nerf-c1-r0.01"}
 """The SMA costs ~0.2 s a step on lego and recovers little (see BENCHMARKS.md); the other runs carry the replay
 attack only."""
 
@@ -160,7 +168,10 @@ def main() -> None:
     p.add_argument("--grid", default="full", choices=["full", "short"])
     p.add_argument("--no-transport", action="store_true", help="skip the transport timing")
     p.add_argument("--only", default=None, help="comma-separated run tags (re-run a subset, merging results)")
+    p.add_argument("--label", default=None, help="renders figure suffix (default: 'partial' with --only)")
     a = p.parse_args()
+    if a.only and not a.label:
+        a.label = "partial"
     data = SCENES[a.scene] if a.scene == "builtin" else str(data_root() / SCENES[a.scene])
     if a.scene != "builtin" and not Path(data).exists():
         sys.exit(f"{data} not found (set PRIVNERF_DATA)")
@@ -178,7 +189,7 @@ def main() -> None:
         result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
 
-    for tag, cw in (("core", "none"), ("decoder", "linear")):
+    for tag, cw in (("core", "none"), ("decoder", "linear"), ("full", "full")):
         if only and f"central-{tag}" not in only:
             continue
         t0 = time.perf_counter()
@@ -213,8 +224,10 @@ def main() -> None:
         save()
     if result["split"]:
         plot(result, res_path.with_name(f"split-{a.scene}-tradeoff.png"))
-    renders(result, out_root, res_path.with_name(f"split-{a.scene}-renders.png"),
-            [t for t in ("none", "s2nerf-c0.1-r1", "s2nerf-c1-r0.01", "s2nerf-c3-r0.01") if (out_root / t).exists()])
+    # a partial (--only) run draws its own figure, so the full set's figure is not overwritten by fewer rows
+    name = f"split-{a.scene}-renders" + (f"-{a.label}" if a.label else "") + ".png"
+    renders(result, out_root, res_path.with_name(name),
+            [t for t in [g[0] for g in GRID] if (out_root / t).exists() and (a.label or t in SHORT)])
     save()
     print(f"wrote {res_path}")
 

@@ -57,7 +57,7 @@ def make_pair(cfg: SplitConfig, scene=None, observers=None, defense=None):
     return server, client, transport
 
 
-@pytest.mark.parametrize("decoder", ["linear", "relu", "none"])
+@pytest.mark.parametrize("decoder", ["linear", "full", "relu", "none"])
 def test_undefended_cut_gradient_equals_centralized(decoder):
     cfg = split_cfg(decoder=decoder)
     tcfg = cfg.train_config()
@@ -88,6 +88,8 @@ def test_undefended_cut_gradient_equals_centralized(decoder):
         g_central = captured["h"].grad
         assert g_split.shape == g_central.shape
         assert torch.allclose(g_split, g_central, rtol=1e-4, atol=1e-9 + 1e-4 * float(g_central.abs().max()))
+    if decoder == "full":  # the server cannot decode density, so it never skipped empty space
+        assert not server.trainer.cfg.render.skip_empty and bool(server.trainer.occ.binary.all())
     for gs, gc in zip(server.trainer.field.grids(), central.field.grids()):
         assert torch.allclose(gs.data, gc.data, atol=1e-5)
     for k, v in client.head.state_dict().items():

@@ -61,10 +61,13 @@ class GridFieldConfig:
     dir_freqs: int = 4
     alpha_init: float = 1e-2
     """Opacity of an untouched voxel over one render step."""
-    decoder: Literal["none", "linear", "relu"] = "none"
+    decoder: Literal["none", "linear", "full", "relu"] = "none"
     """A learned per-sample feature decoder before the fixed activations, for split learning (privnerf.split),
     so the server's grids mean nothing without the client's half. none: the core field. linear: the client
-    decodes the raw features with ``Linear(F, F)`` (random orthogonal initialisation). relu: the server
+    decodes the raw features with ``Linear(F, F)`` (random orthogonal initialisation). full: the client
+    decodes density *and* features from all ``1 + F`` grid channels with ``Linear(1 + F, 1 + F)`` (random
+    orthogonal), so no grid channel is the density and the server cannot tell empty space from content (it
+    then cannot skip empty space either: ``render.skip_empty`` must be off where the decoder is unknown). relu: the server
     applies ``Linear(F, cut_width) + ReLU`` and the client ``Linear(cut_width, F)`` (the paper's shape: a
     64-d post-ReLU cut; S²NeRF's ``mix`` noise needs its dead ReLUs)."""
     cut_width: int = 32
@@ -85,25 +88,33 @@ def make_rgb_net(cfg: GridFieldConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class FullDecoder(nn.Linear):
+    """``Linear(1 + F, 1 + F)`` over the whole cut (density logit and features): the ``full`` decoder. A type of
+    its own so :func:`decode_cut` knows the density is decoded too; parameters are named as a Linear's."""
+
+
 def make_feature_out(cfg: GridFieldConfig) -> nn.Module | None:
     """The client half of the feature decoder (``None`` for the core field)."""
     if cfg.decoder == "relu":
         return nn.Linear(cfg.cut_width, cfg.feature_dim)
-    if cfg.decoder == "linear":
-        layer = nn.Linear(cfg.feature_dim, cfg.feature_dim)
+    if cfg.decoder in ("linear", "full"):
+        k = cfg.feature_dim + (cfg.decoder == "full")
+        layer = (FullDecoder if cfg.decoder == "full" else nn.Linear)(k, k)
         with torch.no_grad():
             nn.init.orthogonal_(layer.weight)
             layer.bias.zero_()
         return layer
     if cfg.decoder != "none":
-        raise ValueError(f"unknown grid decoder {cfg.decoder!r} (none, linear, relu)")
+        raise ValueError(f"unknown grid decoder {cfg.decoder!r} (none, linear, full, relu)")
     return None
 
 
 def decode_cut(h: torch.Tensor, shift: float, feature_out: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut activation ``(m, 1 + C)`` → density ``(m,)`` and the values composited along rays ``(m, F)``
     (diffuse colour ``sigmoid(f[:, :3])``, then specular features; ``f = feature_out(h[:, 1:])`` when the field
-    has a feature layer, else ``h[:, 1:]``)."""
+    has a feature layer, else ``h[:, 1:]``; a :class:`FullDecoder` maps all of ``h`` to ``[density logit, f]``)."""
+    if isinstance(feature_out, FullDecoder):
+        h, feature_out = feature_out(h), None
     sigma = nn.functional.softplus(h[:, 0] + shift)
     f = h[:, 1:] if feature_out is None else feature_out(h[:, 1:])
     return sigma, torch.cat([torch.sigmoid(f[:, :3]), f[:, 3:]], dim=-1)
@@ -151,7 +162,14 @@ class GridField(RadianceField):
         box = self.density_grid.aabb
         return ((xs >= box[0]) & (xs <= box[1])).all(dim=-1)
 
+    @property
+    def density_is_grid(self) -> bool:
+        """Whether the density grid alone gives the density (the fused march-and-cull kernel reads it)."""
+        return not isinstance(self.feature_out, FullDecoder)
+
     def density_space(self, xs: torch.Tensor) -> torch.Tensor:
+        if not self.density_is_grid:
+            return decode_cut(self.encode_space(xs), self.shift, self.feature_out)[0] * self._inside(xs)
         raw = self.density_grid(xs)[:, 0]
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return nn.functional.softplus(raw + self.shift) * self._inside(xs)

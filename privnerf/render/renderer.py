@@ -26,6 +26,9 @@ class RenderSettings:
     step: float
     background: torch.Tensor  # (3,)
     weight_threshold: float = 1e-4
+    skip_empty: bool = True
+    """March through occupied cells only and cull low-weight samples; False: every sample in the box (for a
+    party that cannot evaluate the density, e.g. a split server with the ``full`` decoder)."""
 
 
 def render_rays(
@@ -55,6 +58,8 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
     """The samples worth shading: marched through occupied space and, for fields with cheap density,
     culled to those whose rendering weight (without gradient) exceeds ``settings.weight_threshold``."""
     n = origins.shape[0]
+    if not settings.skip_empty:  # the occupancy grid stays all-occupied: uniform samples in the box
+        return march(origins, dirs, settings.near, settings.far, field.space, occ, settings.step, jitter)
     s = march_culled(origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter,
                      settings.weight_threshold)
     if s is not None:

@@ -101,7 +101,8 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
     """
     grid = getattr(field, "density_grid", None)
     ext = load_grid_ext()
-    if grid is None or ext is None or field.space.contraction or origins.device.type != "cpu" or not grid.sparse:
+    if (grid is None or ext is None or field.space.contraction or origins.device.type != "cpu" or not grid.sparse
+            or not getattr(field, "density_is_grid", True)):
         return None
     n = origins.shape[0]
     offset = torch.rand(n) if jitter else torch.full((n,), 0.5)

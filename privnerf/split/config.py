@@ -30,10 +30,13 @@ class SplitConfig:
     light_fraction: float = 0.25
     prune_ratio: float = 0.9
     clip: float = 0.0
-    decoder: Literal["linear", "relu", "none"] = "linear"
+    decoder: Literal["linear", "full", "relu", "none"] = "linear"
     """The client's private feature decoder (privnerf.fields.grid_field.GridFieldConfig.decoder): linear (the
-    server sends the raw grid values), relu (a server layer Linear(F, cut_width) + ReLU, the paper's shape), or
-    none (fixed activations: the server can render the scene itself and no gradient defense can hide it)."""
+    server sends the raw grid values; it decodes density itself and skips empty space), full (the client
+    decodes density too, from all grid channels: the server no longer knows the geometry, so it samples
+    every ray uniformly, --train.render.samples-per-ray), relu (a server layer Linear(F, cut_width) + ReLU,
+    the paper's shape), or none (fixed activations: the server can render the scene itself and no gradient
+    defense can hide it)."""
     cut_width: int = 32
     private_head: bool = False
     """Initialise the client's head from a secret seed instead of the announced one (split training then no
@@ -67,6 +70,8 @@ class SplitConfig:
         t.field.kind = "grid"
         t.field.grid.decoder = self.decoder
         t.field.grid.cut_width = self.cut_width
+        if self.decoder == "full":  # the server cannot evaluate the density (it would refuse to skip anyway)
+            t.render.skip_empty = False
         t.personal.enabled = False
         return t
 

@@ -120,6 +120,10 @@ class SplitServer:
             raise ProtocolError("setup: split training needs the grid field (--field.kind grid)")
         if cfg.personal.enabled:
             raise ProtocolError("setup: split training has no personal field")
+        if cfg.field.grid.decoder == "full" and cfg.render.skip_empty:
+            # the density is the client's secret: the server cannot tell empty space from content
+            log.info("the client decodes density (--decoder full): no empty-space skipping on the server")
+            cfg.render.skip_empty = False
         cfg.device = self.device
         cfg.threads = self.threads or cfg.threads
         set_threads(cfg.threads)

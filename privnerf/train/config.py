@@ -16,7 +16,11 @@ class RenderConfig:
     step_ratio: float = 0.5
     """Grid fields: render step as a fraction of the current voxel size."""
     samples_per_ray: int = 192
-    """Other fields: render step = box diagonal / samples_per_ray."""
+    """Other fields, and grid fields without skip_empty: render step = box diagonal / samples_per_ray."""
+    skip_empty: bool = True
+    """Empty-space skipping (occupancy grid, weight culling, box shrink). Off, samples lie uniformly in the
+    box at diagonal / samples_per_ray spacing and the occupancy grid is never read from the density: for a
+    split server that cannot decode density (privnerf.split, ``--decoder full``)."""
     weight_threshold: float = 1e-4
     """Samples with a smaller rendering weight are not shaded (see privnerf.render.renderer)."""
     occ_resolution: int = 128

@@ -136,7 +136,7 @@ class Trainer:
 
     @property
     def render_step(self) -> float:
-        if isinstance(self.field, GridField):
+        if isinstance(self.field, GridField) and self.cfg.render.skip_empty:
             g = self.field.density_grid
             voxel = float(((g.aabb[1] - g.aabb[0]) / (torch.tensor(g.resolution, device=g.aabb.device) - 1)).mean())
             return self._world_step(voxel, self.field.space.aabb, self.field.space.contraction)
@@ -145,10 +145,11 @@ class Trainer:
     def settings(self, inference: bool = False) -> RenderSettings:
         """Render settings for training, or (``inference``) for evaluation and rendering, which march with
         ``render.inference_step_scale`` times the step on grid fields."""
+        r = self.cfg.render
         step = self.render_step
-        if inference and isinstance(self.field, GridField):
-            step *= self.cfg.render.inference_step_scale
-        return RenderSettings(self.near, self.far, step, self.background, self.cfg.render.weight_threshold)
+        if inference and isinstance(self.field, GridField) and r.skip_empty:
+            step *= r.inference_step_scale
+        return RenderSettings(self.near, self.far, step, self.background, r.weight_threshold, r.skip_empty)
 
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
@@ -184,7 +185,8 @@ class Trainer:
         r = self.cfg.render
         # Early on, empty space falls below the threshold within ~10 Adam steps; refreshing every step then
         # keeps the first steps (which start with the whole box occupied) from costing seconds each.
-        if self.step_count % r.occ_update_every == 0 or self.step_count < r.occ_warmup_steps:
+        refresh = self.step_count % r.occ_update_every == 0 or self.step_count < r.occ_warmup_steps
+        if refresh and r.skip_empty:
             self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         warm = self.step_count >= r.occ_warmup_steps
         if isinstance(self.field, GridField) and warm and self.field.pending_growth(self.progress()):
@@ -192,12 +194,14 @@ class Trainer:
             box = None
             not_yet_shrunk = torch.equal(self.field.density_grid.aabb, self.field.space.box)
             if (gc.shrink_at_growth and int(self.field.grow_count) + 1 >= gc.shrink_at_growth and not_yet_shrunk
-                    and self.step_count >= gc.shrink_after_steps and not self.field.space.contraction):
+                    and self.step_count >= gc.shrink_after_steps and not self.field.space.contraction
+                    and r.skip_empty):
                 box = self.occ.occupied_box(self.occ_step, gc.shrink_min_alpha)
             self.field.grow(box)
             if self.grid_opt is not None:
                 self.grid_opt.reset()
-            self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+            if r.skip_empty:
+                self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
 
     def occupancy_density(self, xs: torch.Tensor) -> torch.Tensor:
         """Density the occupancy grid tracks at working-box points ``(n, 3)``: the global field's, plus the
