@@ -97,8 +97,10 @@ def split_run(data: str, steps: int, views: int, defense: str, c: float, r: floa
     from privnerf.split.config import SplitConfig
     from privnerf.split.run import run_split
 
+    # each tag states its posture in full: the measured rows before the full decoder were linear, announced seed
+    posture = {"decoder": "linear", "private_head": False, **extra}
     cfg = SplitConfig(data=data, steps=steps, defense=defense, c=c, r=r, eval_max_images=views, output=out,
-                      transport=transport, **extra)
+                      transport=transport, **posture)
     cfg.attack.enabled = attack
     cfg.attack.kinds = tuple(kinds)
     cfg.train.optim.batch_rays = rays
