@@ -57,6 +57,10 @@ GRID = [
     ("full-private-none", "none", 0.0, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-s2nerf-c0.1-r1", "s2nerf", 0.1, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-s2nerf-c1-r0.01", "s2nerf", 1.0, 0.01, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-c0.3-r1", "s2nerf", 0.3, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-light-c1-r0.01", "s2nerf-light", 1.0, 0.01, {"decoder": "full", "private_head": True}),
+    ("full-private-gaussian-c0.1", "gaussian", 0.1, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-prune-0.9", "prune", 0.0, 1.0, {"decoder": "full", "private_head": True, "prune_ratio": 0.9}),
 ]
 SHORT = ["none", "s2nerf-c0.1-r1", "full-private-none", "full-private-s2nerf-c0.1-r1"]
 """The measured set (BENCHMARKS.md). Runs with c >= 1 take several times longer: early noise becomes density."""
