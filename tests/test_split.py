@@ -50,20 +50,45 @@ class Recorder:
         self.inner.close()
 
 
-def make_pair(cfg: SplitConfig, scene=None, observers=None, defense=None):
+def make_pair(cfg: SplitConfig, scene=None, observers=None, defense=None, head_seed: int | None = 11):
     tcfg = cfg.train_config()
     scene = scene if scene is not None else load_split(tcfg, "train")
     server = SplitServer(None, threads=2, observer_factory=observers)
     transport = Recorder(InProcessTransport(server))
     client = SplitClient(tcfg, scene, transport, defense or GradientDefense(cfg.defense_config(), tcfg.steps),
-                         render_scene=load_split(tcfg, "test"), private_head=cfg.private_head)
+                         render_scene=load_split(tcfg, "test"), private_head=cfg.private_head,
+                         head_seed=head_seed)
     client.setup()
     return server, client, transport
 
 
-@pytest.mark.parametrize("decoder", ["linear", "full", "relu", "none"])
-def test_undefended_cut_gradient_equals_centralized(decoder):
+def noise_twin(scene, seed: int):
+    """The same cameras with uniform-noise photos: what the server sees must not tell the two apart."""
+    twin = scene.subset(list(range(scene.num_views)))
+    rng = np.random.default_rng(seed)
+    twin.images = [rng.random(im.shape, dtype=np.float32) for im in scene.images]
+    return twin
+
+
+def tapped_runs(cfg: SplitConfig, scenes, steps: int, seed: int, render: bool = False) -> list[Recorder]:
+    """Train ``steps`` steps on each scene with the same ray jitter; the taps of the runs, in scene order."""
+    taps = []
+    for scene in scenes:
+        _, client, tap = make_pair(cfg, scene)
+        for _ in range(steps):
+            torch.manual_seed(seed)
+            client.step()
+        if render:
+            client.render_view(0)
+        taps.append(tap)
+    return taps
+
+
+@pytest.mark.parametrize("decoder,skip_empty", [("linear", True), ("full", True), ("relu", True), ("none", True),
+                                                 ("linear", False)])
+def test_undefended_cut_gradient_equals_centralized(decoder, skip_empty):
     cfg = split_cfg(decoder=decoder)
+    cfg.train.render.skip_empty = skip_empty  # (linear, off): a client may ask for uniform samples itself
     tcfg = cfg.train_config()
     scene = load_split(tcfg, "train")
     central = Trainer(tcfg, scene)
@@ -92,7 +117,7 @@ def test_undefended_cut_gradient_equals_centralized(decoder):
         g_central = captured["h"].grad
         assert g_split.shape == g_central.shape
         assert torch.allclose(g_split, g_central, rtol=1e-4, atol=1e-9 + 1e-4 * float(g_central.abs().max()))
-    if decoder == "full":  # the server cannot decode density, so it never skipped empty space
+    if decoder == "full" or not skip_empty:  # the server never skipped empty space (could not / was asked not to)
         assert not server.trainer.cfg.render.skip_empty and bool(server.trainer.occ.binary.all())
     for gs, gc in zip(server.trainer.field.grids(), central.field.grids()):
         assert torch.allclose(gs.data, gc.data, atol=1e-5)
@@ -107,17 +132,8 @@ def test_no_pixel_value_crosses_to_the_server():
     cfg = split_cfg(steps=3)
     tcfg = cfg.train_config()
     real = load_split(tcfg, "train")
-    noise = real.subset(list(range(real.num_views)))
-    rng = np.random.default_rng(0)
-    noise.images = [rng.random(im.shape, dtype=np.float32) for im in real.images]
-    runs = []
-    for scene in (real, noise):
-        _, client, tap = make_pair(cfg, scene)
-        for _ in range(3):
-            torch.manual_seed(5)
-            client.step()
-        client.render_view(0)
-        runs.append([decode(m) for m in tap.sent])
+    runs = [[decode(m) for m in tap.sent]
+            for tap in tapped_runs(cfg, (real, noise_twin(real, 0)), steps=3, seed=5, render=True)]
     for (k1, m1, a1), (k2, m2, a2) in zip(*runs):
         assert k1 in CLIENT_KINDS and k1 == k2
         if k1 == "backward":
@@ -297,25 +313,18 @@ def test_full_decoder_and_private_head_leave_the_server_blind():
     """With ``--decoder full`` the server's sampling is the same whatever the photos show (it cannot tell empty
     space from content); with ``--private-head`` as well the replay attack has nothing to replay (no better
     than a constant colour) and no attacker comes near the client's NeRF. (The SMA on this tiny scene sits
-    close to the constant colour + 1 dB, 10.5 vs 9.7 dB when written, too close to assert; on lego and fern
-    it stays below the constant colour, BENCHMARKS.md.)"""
+    close to the constant colour + 1 dB, too close to assert; on lego and fern it stays below the constant
+    colour, BENCHMARKS.md.) ``make_pair`` pins the secret head seed: over seeds 11-14 utility was 16.0-16.3 dB,
+    SMA 10.4-11.9, replay 7.6-9.1, constant 9.7, so a fresh secret seed each run made the test flaky."""
     from privnerf.eval.metrics import psnr
     from privnerf.privacy.split_attack import psnr_over
 
     cfg = split_cfg(steps=4, decoder="full", private_head=True)
     tcfg = cfg.train_config()
     real = load_split(tcfg, "train")
-    noise = real.subset(list(range(real.num_views)))
-    rng = np.random.default_rng(1)
-    noise.images = [rng.random(im.shape, dtype=np.float32) for im in real.images]
-    packings = []
-    for scene in (real, noise):
-        _, client, tap = make_pair(cfg, scene)
-        for _ in range(4):
-            torch.manual_seed(9)  # the same ray jitter
-            client.step()
-        replies = [decode(m) for m in tap.received]
-        packings.append([{k: a[k] for k in ("ray", "t", "delta")} for kind, _, a in replies if kind == "activations"])
+    packings = [[{k: a[k] for k in ("ray", "t", "delta")} for kind, _, a in map(decode, tap.received)
+                 if kind == "activations"]
+                for tap in tapped_runs(cfg, (real, noise_twin(real, 1)), steps=4, seed=9)]
     assert len(packings[0]) == 4
     for p1, p2 in zip(*packings):
         assert all(np.array_equal(p1[k], p2[k]) for k in p1)  # blind: same samples for photos and for noise

@@ -9,6 +9,7 @@ complete, so an interrupted write never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -333,7 +334,7 @@ def to_uint8_image(img: np.ndarray) -> np.ndarray:
 
 
 def write_image(path: str | Path, arr: np.ndarray, quality: int = 95) -> Path:
-    """Write an image (non-atomically; use inside :func:`atomic_directory`).
+    """Write an image atomically (encoded in memory, then :func:`atomic_write_bytes`).
 
     ``arr`` is float RGB in [0, 1] ``(H, W, 3)`` (quantised to 8 bits), uint8 ``(H, W)`` / ``(H, W, 3)``, or
     uint16 ``(H, W)`` (16-bit grey PNG). The format follows the suffix.
@@ -349,11 +350,23 @@ def write_image(path: str | Path, arr: np.ndarray, quality: int = 95) -> Path:
         im = Image.fromarray(np.ascontiguousarray(a))
     else:
         im = Image.fromarray(to_uint8_image(a))
-    kwargs: dict[str, Any] = {}
-    if p.suffix.lower() in (".jpg", ".jpeg"):
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{p}: unknown image suffix {p.suffix!r}")
+    kwargs: dict[str, Any] = {"format": fmt}
+    if fmt == "JPEG":
         kwargs["quality"] = quality
-    im.save(p, **kwargs)
-    return p
+    buf = io.BytesIO()
+    im.save(buf, **kwargs)
+    return atomic_write_bytes(p, buf.getvalue())
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (the format follows the suffix)."""
+    p = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=p.suffix.lstrip(".").lower() or "png")
+    return atomic_write_bytes(p, buf.getvalue())
 
 
 @contextlib.contextmanager

@@ -12,11 +12,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from privnerf.data.io import write_image
 from privnerf.data.scene import Scene
 from privnerf.eval.metrics import mean_metrics, psnr, ssim, to_uint8
 from privnerf.render.renderer import RenderSettings, render_image
@@ -79,9 +79,9 @@ def evaluate_split(
         if out_dir is not None:
             stem = Path(scene.names[i]).name.replace(".png", "").replace(".jpg", "") or f"view_{i:04d}"
             stem = f"{i:04d}_{stem}"
-            iio.imwrite(Path(out_dir) / f"{stem}.png", to_uint8(pred))
-            iio.imwrite(Path(out_dir) / f"{stem}_gt.png", to_uint8(gt))
-            iio.imwrite(Path(out_dir) / f"{stem}_depth.png", depth_to_image(out["depth"].cpu().numpy()))
+            write_image(Path(out_dir) / f"{stem}.png", to_uint8(pred))
+            write_image(Path(out_dir) / f"{stem}_gt.png", to_uint8(gt))
+            write_image(Path(out_dir) / f"{stem}_depth.png", depth_to_image(out["depth"].cpu().numpy()))
     result = mean_metrics(per_image)
     result.update({"num_images": n, "per_image": per_image, "render_time_per_image_s": render_time / max(n, 1)})
     return result

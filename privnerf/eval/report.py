@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from privnerf.data.io import save_figure  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def _plot_curves(rounds: list[dict], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
 
 
@@ -51,7 +52,7 @@ def plot_alpha(rounds: list[dict], out: Path, title: str | None = None) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return True
 

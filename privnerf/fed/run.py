@@ -16,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
+from privnerf.data.io import write_image
 from privnerf.data.scene import Scene
 from privnerf.eval.evaluate import evaluate_split
 from privnerf.eval.metrics import to_uint8
@@ -99,7 +99,7 @@ class Harness:
                                torch.from_numpy(self.eval_scene.intrinsics[0]), *self.eval_scene.hw(0), settings)
             path = self.run_dir / "renders" / "global" / f"round-{rnd:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            iio.imwrite(path, to_uint8(img["rgb"].cpu().numpy()))
+            write_image(path, to_uint8(img["rgb"].cpu().numpy()))
         leak = {}
         for k in self.users:
             if individual is not None:  # fednerf: the server holds user k's own upload
@@ -158,9 +158,9 @@ class Harness:
             v = views[0]
             c2w, intr = torch.from_numpy(sc.c2w[v]), torch.from_numpy(sc.intrinsics[v])
             h, w = sc.hw(v)
-            iio.imwrite(out / f"user-{k}-photo.png", to_uint8(sc.images[v]))
+            write_image(out / f"user-{k}-photo.png", to_uint8(sc.images[v]))
             server = render_image(field, occ, c2w, intr, h, w, settings)
-            iio.imwrite(out / f"user-{k}-server.png", to_uint8(server["rgb"].cpu().numpy()))
+            write_image(out / f"user-{k}-server.png", to_uint8(server["rgb"].cpu().numpy()))
             state = Path(self.cfg.state_dir) / "clients" / f"user-{k:03d}.pt"
             if not state.exists():
                 continue
@@ -175,7 +175,7 @@ class Harness:
             both.update(lambda xs: field.density_space(xs) + pf.density_bound(xs), self.reference.occ_step,
                         self.reference.cfg.render.occ_threshold)
             mine = render_image_personal(field, pf, both, c2w, intr, h, w, own.index(v), settings)
-            iio.imwrite(out / f"user-{k}-user.png", to_uint8(mine["rgb"].cpu().numpy()))
+            write_image(out / f"user-{k}-user.png", to_uint8(mine["rgb"].cpu().numpy()))
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         """On resume: ``rounds.jsonl`` becomes the server's saved history (it may lack the last round if the

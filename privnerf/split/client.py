@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from privnerf.data.io import write_image
 from privnerf.data.scene import Scene
 from privnerf.eval.metrics import psnr, ssim
 from privnerf.privacy.gradient_defense import GradientDefense
@@ -50,10 +51,13 @@ class SplitClient:
         transport: ``request(bytes) -> bytes`` (:mod:`privnerf.split.transport`).
         defense: applied to every outgoing cut gradient.
         run_dir: where the client's checkpoint goes (``run_dir/state.pt``).
+        private_head: initialise the head from a secret seed the server cannot replay, not ``cfg.seed``.
+        head_seed: that secret seed; default a fresh one from ``os.urandom`` (a test pins it to be repeatable).
     """
 
     def __init__(self, cfg: TrainConfig, scene: Scene, transport, defense: GradientDefense,
-                 render_scene: Scene | None = None, run_dir: Path | None = None, private_head: bool = False):
+                 render_scene: Scene | None = None, run_dir: Path | None = None, private_head: bool = False,
+                 head_seed: int | None = None):
         if cfg.field.kind != "grid":
             raise ValueError("split training needs the grid field (--field.kind grid)")
         if defense.cfg.mix and cfg.field.grid.decoder != "relu":
@@ -68,7 +72,10 @@ class SplitClient:
         gc = cfg.field.grid
         # Same seed, same draw order as Trainer.__init__ → the same head initialisation as centralized training;
         # or a secret seed, which the server cannot replay.
-        torch.manual_seed(int.from_bytes(os.urandom(8), "little") if private_head else cfg.seed)
+        if private_head:
+            torch.manual_seed(head_seed if head_seed is not None else int.from_bytes(os.urandom(8), "little"))
+        else:
+            torch.manual_seed(cfg.seed)
         self.head = ClientHead(gc).to(self.device)
         o = cfg.optim
         self.opt = torch.optim.Adam(self.head.parameters(), lr=o.lr_mlp, betas=(0.9, 0.99), eps=1e-15)
@@ -241,8 +248,5 @@ class SplitClient:
             gt = self.render_scene.images[i]
             rows.append({"psnr": psnr(pred, gt), "ssim": ssim(pred, gt), "lpips": lp(pred, gt) if lp else None})
             if out_dir is not None:
-                import imageio.v3 as iio
-
-                Path(out_dir).mkdir(parents=True, exist_ok=True)
-                iio.imwrite(Path(out_dir) / f"view_{i:04d}.png", to_uint8(pred))
+                write_image(Path(out_dir) / f"view_{i:04d}.png", to_uint8(pred))
         return {**mean_metrics(rows), "num_images": n}

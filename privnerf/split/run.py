@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from privnerf.data.io import write_image
 from privnerf.privacy.gradient_defense import GradientDefense
 from privnerf.privacy.split_attack import (
     AttackConfig,
@@ -172,7 +173,6 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
     from privnerf.eval.evaluate import _lpips_fn
     from privnerf.eval.metrics import mean_metrics, psnr, ssim, to_uint8
     from privnerf.split.cut import ClientHead
-    import imageio.v3 as iio
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -204,7 +204,7 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
                                     chunk=trainer.cfg.render.chunk)
             gt = test_scene.images[i]
             rows.append({"psnr": psnr(pred, gt), "ssim": ssim(pred, gt), "lpips": lp(pred, gt) if lp else None})
-            iio.imwrite(out_dir / f"view_{i:04d}.png", to_uint8(pred))
+            write_image(out_dir / f"view_{i:04d}.png", to_uint8(pred))
         return {**mean_metrics(rows), "num_images": test_scene.num_views}
 
     # Heads the attacker cannot know anything about: what the server's grids show with a guessed head. One
@@ -232,7 +232,7 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
             d = attack.dummy_image(i)
             mask = attack.touched[attack.offsets[i] : attack.offsets[i + 1]].reshape(d.shape[:2]).numpy()
             dummy.append(psnr_over(d, train_scene.images[i], mask))
-            iio.imwrite(run_dir / "attack" / f"{attack.name}_train_view_{i:04d}.png", to_uint8(d))
+            write_image(run_dir / "attack" / f"{attack.name}_train_view_{i:04d}.png", to_uint8(d))
         row["train_pixels_psnr"] = float(np.nanmean(dummy)) if dummy else None
         row["train_pixels_seen"] = float(attack.touched.float().mean())
         if attack.name == "sma":
@@ -266,7 +266,7 @@ def write_figure(run_dir: Path, test_scene, with_attack: bool, views: int = 3) -
     if not rows:
         return None
     path = run_dir / "figure.png"
-    iio.imwrite(path, np.concatenate(rows, axis=0))
+    write_image(path, np.concatenate(rows, axis=0))
     return path
 
 

@@ -135,8 +135,19 @@ class Trainer:
         return self.cfg.render.step_ratio * voxel * scale
 
     @property
+    def skips_empty(self) -> bool:
+        """Whether training keeps an occupancy grid (refresh, culling, box shrink). Off, every ray gets uniform
+        samples in the box: what a split server must do when it cannot read density (``--decoder full``)."""
+        return self.cfg.render.skip_empty
+
+    @property
+    def marches_voxels(self) -> bool:
+        """A grid field that skips empty space steps by its voxel size; anything else by box diagonal / samples."""
+        return isinstance(self.field, GridField) and self.skips_empty
+
+    @property
     def render_step(self) -> float:
-        if isinstance(self.field, GridField) and self.cfg.render.skip_empty:
+        if self.marches_voxels:
             g = self.field.density_grid
             voxel = float(((g.aabb[1] - g.aabb[0]) / (torch.tensor(g.resolution, device=g.aabb.device) - 1)).mean())
             return self._world_step(voxel, self.field.space.aabb, self.field.space.contraction)
@@ -147,9 +158,9 @@ class Trainer:
         ``render.inference_step_scale`` times the step on grid fields."""
         r = self.cfg.render
         step = self.render_step
-        if inference and isinstance(self.field, GridField) and r.skip_empty:
+        if inference and self.marches_voxels:
             step *= r.inference_step_scale
-        return RenderSettings(self.near, self.far, step, self.background, r.weight_threshold, r.skip_empty)
+        return RenderSettings(self.near, self.far, step, self.background, r.weight_threshold, self.skips_empty)
 
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
@@ -186,7 +197,7 @@ class Trainer:
         # Early on, empty space falls below the threshold within ~10 Adam steps; refreshing every step then
         # keeps the first steps (which start with the whole box occupied) from costing seconds each.
         refresh = self.step_count % r.occ_update_every == 0 or self.step_count < r.occ_warmup_steps
-        if refresh and r.skip_empty:
+        if refresh and self.skips_empty:
             self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         warm = self.step_count >= r.occ_warmup_steps
         if isinstance(self.field, GridField) and warm and self.field.pending_growth(self.progress()):
@@ -195,12 +206,12 @@ class Trainer:
             not_yet_shrunk = torch.equal(self.field.density_grid.aabb, self.field.space.box)
             if (gc.shrink_at_growth and int(self.field.grow_count) + 1 >= gc.shrink_at_growth and not_yet_shrunk
                     and self.step_count >= gc.shrink_after_steps and not self.field.space.contraction
-                    and r.skip_empty):
+                    and self.skips_empty):
                 box = self.occ.occupied_box(self.occ_step, gc.shrink_min_alpha)
             self.field.grow(box)
             if self.grid_opt is not None:
                 self.grid_opt.reset()
-            if r.skip_empty:
+            if self.skips_empty:
                 self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
 
     def occupancy_density(self, xs: torch.Tensor) -> torch.Tensor:
