@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from privnerf.data.io import save_figure, write_image  # noqa: E402
 from privnerf.data.paths import data_root  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
@@ -57,15 +58,17 @@ GRID = [
     ("full-private-none", "none", 0.0, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-s2nerf-c0.1-r1", "s2nerf", 0.1, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-s2nerf-c1-r0.01", "s2nerf", 1.0, 0.01, {"decoder": "full", "private_head": True}),
-    ("full-private-s2nerf-c0.3-r1", "s2nerf", 0.3, 1.0, {"decoder": "full", "private_head": True}),
-    ("full-private-s2nerf-light-c1-r0.01", "s2nerf-light", 1.0, 0.01, {"decoder": "full", "private_head": True}),
     ("full-private-gaussian-c0.1", "gaussian", 0.1, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-prune-0.9", "prune", 0.0, 1.0, {"decoder": "full", "private_head": True, "prune_ratio": 0.9}),
+    ("full-private-s2nerf-c0.3-r1", "s2nerf", 0.3, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-light-c1-r0.01", "s2nerf-light", 1.0, 0.01, {"decoder": "full", "private_head": True}),
+    # the default again: the secret head seed is fresh each run, so a second run shows the seed's spread
+    ("full-private-s2nerf-c0.1-r1-rerun", "s2nerf", 0.1, 1.0, {"decoder": "full", "private_head": True}),
 ]
 SHORT = ["none", "s2nerf-c0.1-r1", "full-private-none", "full-private-s2nerf-c0.1-r1"]
 """The measured set (BENCHMARKS.md). Runs with c >= 1 take several times longer: early noise becomes density."""
 WITH_SMA = {"none", "s2nerf-c0.1-r1", "none-private-head", "full-private-none", "full-private-s2nerf-c0.1-r1",
-            "full-private-s2nerf-c1-r0.01"}
+            "full-private-s2nerf-c1-r0.01", "full-private-s2nerf-c0.1-r1-rerun"}
 """The SMA costs ~0.2 s a step on lego and recovers little (see BENCHMARKS.md); the other runs carry the replay
 attack only."""
 
@@ -114,37 +117,55 @@ def split_run(data: str, steps: int, views: int, defense: str, c: float, r: floa
     return res
 
 
+def strongest_attack(row: dict) -> float | None:
+    """The privacy axis: the best any attacker scored (replay, SMA, or the server's grids through a guessed head)."""
+    scores = [v["psnr"] for k, v in row.get("attack", {}).items() if isinstance(v, dict) and "psnr" in v]
+    return max(scores) if scores else None
+
+
 def plot(result: dict, path: Path) -> None:
+    """Utility against the strongest attacker, one curve per defense from the undefended point of its posture
+    (filled: full decoder + private head, the default posture; hollow: the others, the curves from the linear
+    decoder with the announced seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     runs = result["split"]
     colours = {"none": "k", "s2nerf": "tab:blue", "s2nerf-light": "tab:cyan", "gaussian": "tab:orange",
                "prune": "tab:green"}
-    for tag, r in runs.items():
-        d = r["defense"]["name"]
-        for kind, marker in (("replay", "o"), ("sma", "^")):
-            if kind in r.get("attack", {}):
-                ax.scatter(r["psnr"], r["attack"][kind]["psnr"], c=colours.get(d, "gray"), marker=marker, s=36)
-        if "replay" in r.get("attack", {}):
-            ax.annotate(tag.replace("s2nerf-", ""), (r["psnr"], r["attack"]["replay"]["psnr"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+    for prefix, filled in (("full-private-", True), ("", False)):
+        rows = {t: r for t, r in runs.items()
+                if t.startswith("full-private-") == filled and strongest_attack(r) is not None}
+        base = rows.get(f"{prefix}none")
+        for tag, r in rows.items():
+            d = r["defense"]["name"]
+            y = strongest_attack(r)
+            ax.scatter(r["psnr"], y, s=40, marker="o" if filled else "s", edgecolors=colours.get(d, "gray"),
+                       facecolors=colours.get(d, "gray") if filled else "none", zorder=3)
+            ax.annotate(tag.removeprefix("full-private-"), (r["psnr"], y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        for d in colours:
+            pts = sorted([(r["psnr"], strongest_attack(r)) for r in rows.values()
+                          if r["defense"]["name"] == d and d != "none"], reverse=True)
+            if pts and base is not None:  # the defense's curve starts at its posture's undefended run (c = 0)
+                pts = [(base["psnr"], strongest_attack(base))] + pts
+                ax.plot(*zip(*pts), c=colours[d], lw=1, ls="-" if filled else ":",
+                        label=f"{d} ({'full decoder + private head' if filled else 'linear, announced seed'})")
     any_run = next(iter(runs.values()))
     ax.axhline(any_run["constant_colour_psnr"], ls=":", c="gray", label="constant colour")
     ax.axhline(any_run["constant_colour_psnr"] + 1, ls="--", c="gray", lw=0.8, label="constant colour + 1 dB")
-    if "attack" in runs.get("none", {}):
-        ax.axhline(runs["none"]["attack"]["geometry_only"]["psnr"], ls="-.", c="tab:red", lw=0.8,
-                   label="server grids + uninformed head (none)")
-    ax.axvline(result["central"]["core"]["psnr"], ls=":", c="tab:purple", label="centralized core")
+    for tag, ls in (("core", ":"), ("full", "-.")):
+        if tag in result["central"]:
+            ax.axvline(result["central"][tag]["psnr"], ls=ls, c="tab:purple", lw=0.8, label=f"centralized {tag}")
     ax.set_xlabel("utility: client test PSNR (dB)")
-    ax.set_ylabel("attacker test PSNR (dB)  o replay  ^ SMA")
-    ax.set_title(f"split learning on {result['scene']}, {result['steps']} steps")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("strongest attacker test PSNR (dB)")
+    ax.set_title(f"split learning on {result['scene']}, {result['steps']} steps: utility vs privacy")
+    ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
 
 
@@ -162,7 +183,7 @@ def renders(result: dict, out_root: Path, path: Path, tags: list[str]) -> None:
     if rows:
         w = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 0), (0, w - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-        iio.imwrite(path, np.concatenate(rows, axis=0))
+        write_image(path, np.concatenate(rows, axis=0))
 
 
 def main() -> None:
@@ -191,6 +212,11 @@ def main() -> None:
                    "command": "python benchmarks/split.py " + " ".join(sys.argv[1:]),
                    "commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()})
 
+    def provenance() -> dict:
+        # merged --only runs come from different commands and commits: each row keeps its own
+        return {"commit": result["commit"], "command": result["command"],
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
     def save():
         result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
@@ -200,6 +226,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         result["central"][tag] = central(data, a.steps, a.views, cw, out_root / f"central-{tag}", a.rays)
+        result["central"][tag]["provenance"] = provenance()
         print(f"central-{tag}: {result['central'][tag]['psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)", flush=True)
         save()
     grid = [g for g in GRID if a.grid == "full" or g[0] in SHORT]
@@ -210,6 +237,7 @@ def main() -> None:
         kinds = ("sma", "replay") if tag in WITH_SMA else ("replay",)
         res = split_run(data, a.steps, a.views, defense, c, r, extra, out_root / tag, a.rays, kinds=kinds)
         res["wall_s"] = time.perf_counter() - t0
+        res["provenance"] = provenance()
         result["split"][tag] = res
         at = res.get("attack", {})
         print(f"{tag}: utility {res['psnr']:.2f}  replay {at.get('replay', {}).get('psnr', float('nan')):.2f}  "

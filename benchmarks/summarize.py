@@ -7,7 +7,11 @@ Usage: ``python benchmarks/summarize.py`` → prints markdown, writes ``benchmar
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from privnerf.data.io import save_figure  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -160,27 +164,37 @@ def split_tables() -> list[str]:
         r = json.loads(path.read_text())
         out.append(f"Machine: {r['machine']}. {r['steps']} steps of {r['rays']} rays; scores on the first {r['views']} "
                    f"test views.\n")
+        # rows merged from several --only runs each carry their own command and commit ("provenance")
+        commands: dict[str, int] = {}
+
+        def ref(row: dict) -> str:
+            p = row.get("provenance") or {"commit": r["commit"], "command": r["command"]}
+            n = commands.setdefault(f"commit {p['commit']}: `{p['command']}`", len(commands) + 1)
+            return f"{p['commit']} [{n}]"
+
         c = r["central"]
         if c:
-            out += head(f"{path.stem}: centralized references (finished {r['finished']}; commit {r['commit']}; "
-                        f"`{r['command']}`)", ["run", "PSNR", "SSIM", "LPIPS", "train s"])
+            out += head(f"{path.stem}: centralized references", ["run", "PSNR", "SSIM", "LPIPS", "train s", "commit"])
             for tag, row in c.items():
                 out.append(f"| central-{tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(row['lpips'], 3)} | "
-                           f"{row['train_time_s']:.0f} |")
+                           f"{row['train_time_s']:.0f} | {ref(row)} |")
             out.append("")
         if r["split"]:
             out += head(f"{path.stem}: split training per defense, attacked online",
                         ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker", "geometry only",
-                         "constant colour", "replay: training pixels PSNR", "MB up / down per step", "train s"])
+                         "constant colour", "replay: training pixels PSNR", "MB up / down per step", "train s",
+                         "commit"])
         for tag, row in r["split"].items():
             a = row.get("attack", {})
             rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
                        f"{fmt(sm.get('psnr'))} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
                        f"{fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
-                       f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} |")
+                       f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} | {ref(row)} |")
         if r["split"]:
             out.append("")
+        if commands:
+            out += [f"- [{n}] {text}" for text, n in commands.items()] + [""]
         t = r.get("transport")
         if t:
             out += head(f"{path.stem}: transport cost (60 steps, attacks off)", ["transport", "ms per step",
@@ -223,7 +237,7 @@ def plot() -> Path | None:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     out = RESULTS / "engine-psnr-vs-time.png"
-    fig.savefig(out, dpi=90)
+    save_figure(fig, out, dpi=90)
     return out
 
 
