@@ -64,11 +64,13 @@ GRID = [
     ("full-private-s2nerf-light-c1-r0.01", "s2nerf-light", 1.0, 0.01, {"decoder": "full", "private_head": True}),
     # the default again: the secret head seed is fresh each run, so a second run shows the seed's spread
     ("full-private-s2nerf-c0.1-r1-rerun", "s2nerf", 0.1, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-none-rerun", "none", 0.0, 1.0, {"decoder": "full", "private_head": True}),
 ]
 SHORT = ["none", "s2nerf-c0.1-r1", "full-private-none", "full-private-s2nerf-c0.1-r1"]
 """The measured set (BENCHMARKS.md). Runs with c >= 1 take several times longer: early noise becomes density."""
 WITH_SMA = {"none", "s2nerf-c0.1-r1", "none-private-head", "full-private-none", "full-private-s2nerf-c0.1-r1",
-            "full-private-s2nerf-c1-r0.01", "full-private-s2nerf-c0.1-r1-rerun"}
+            "full-private-s2nerf-c1-r0.01", "full-private-s2nerf-c0.1-r1-rerun",
+            "full-private-none-rerun"}
 """The SMA costs ~0.2 s a step on lego and recovers little (see BENCHMARKS.md); the other runs carry the replay
 attack only."""
 
@@ -242,7 +244,8 @@ def main() -> None:
         at = res.get("attack", {})
         print(f"{tag}: utility {res['psnr']:.2f}  replay {at.get('replay', {}).get('psnr', float('nan')):.2f}  "
               f"sma {at.get('sma', {}).get('psnr', float('nan')):.2f}  geometry-only "
-              f"{at.get('geometry_only', {}).get('psnr', float('nan')):.2f}  const {res['constant_colour_psnr']:.2f}"
+              f"{at.get('geometry_only', {}).get('psnr', float('nan')):.2f}  const {res['constant_colour_psnr']:.2f}  "
+              f"calibrated {max([v.get('calibrated_psnr', float('nan')) for v in at.values() if isinstance(v, dict)] or [float('nan')]):.2f}"
               f"  ({res['wall_s']:.0f} s)", flush=True)
         save()
     if (not only or "transport" in only) and not a.no_transport:

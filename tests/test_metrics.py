@@ -300,3 +300,22 @@ def test_lpips_published_reference_values():
         checked += 1
     if not checked:
         pytest.skip(f"no reference images found under {root}")
+
+
+def test_colour_calibrated_psnr_floor_and_false_colours():
+    """The calibrated score of a render that knows nothing is the constant colour's; a render that holds the
+    layout in permuted, inverted colours is scored as the layout it holds; a size mismatch is an error."""
+    from privnerf.privacy.split_attack import colour_calibrated_psnr, constant_colour_psnr
+
+    rng = np.random.default_rng(0)
+    gts = [rng.uniform(0, 1, (16, 16, 3)).astype(np.float32) for _ in range(2)]
+    noise = [rng.uniform(0, 1, (16, 16, 3)).astype(np.float32) for _ in range(2)]
+    floor = constant_colour_psnr(gts)
+    assert abs(colour_calibrated_psnr(noise, gts) - floor) < 0.2
+    false_colour = [1.0 - g[..., ::-1] for g in gts]  # channels swapped and inverted: raw PSNR is poor
+    from privnerf.eval.metrics import psnr
+
+    assert np.mean([psnr(f, g) for f, g in zip(false_colour, gts)]) < floor
+    assert colour_calibrated_psnr(false_colour, gts) > 60.0
+    with pytest.raises(ValueError, match="2 ground-truth"):
+        colour_calibrated_psnr(noise[:1], gts)

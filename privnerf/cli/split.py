@@ -26,6 +26,9 @@ def attack_line(r: dict) -> str:
         if k in r:
             parts.append(f"{k} {r[k]['psnr']:.2f} dB")
     parts.append(f"| geometry only {r['geometry_only']['psnr']:.2f} dB, constant colour {r['constant_colour_psnr']:.2f} dB")
+    cal = {k: v["calibrated_psnr"] for k, v in r.items() if isinstance(v, dict) and "calibrated_psnr" in v}
+    if cal:  # what each render holds up to the best affine colour map (floor: the constant colour)
+        parts.append("\ncolour-calibrated: " + ", ".join(f"{k} {v:.2f} dB" for k, v in cal.items()))
     return " ".join(parts)
 
 

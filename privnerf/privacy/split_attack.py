@@ -403,6 +403,32 @@ def constant_colour_psnr(images: list[np.ndarray]) -> float:
     return float(np.mean([psnr(np.broadcast_to(mean, im.shape).astype(np.float32), im) for im in images]))
 
 
+def colour_calibrated_psnr(preds: list[np.ndarray], gts: list[np.ndarray]) -> float:
+    """Mean per-view PSNR of ``preds`` after the single best affine colour map (3x3 matrix + offset, least
+    squares over every pixel of every view) onto ``gts``: (N, H, W, 3) floats in [0, 1].
+
+    An attacker's render can carry the scene's layout in false colours (a guessed decoder maps feature
+    contrast to arbitrary colours) and still score below the constant colour. This oracle-aided score asks
+    what the render knows up to a colour map: with the map's linear part at zero it is the best constant
+    colour, so its no-information floor is exactly :func:`constant_colour_psnr` (within the per-view
+    averaging). Anything above that floor is structure the attacker holds. The map is fitted with the
+    ground truth, which the attacker does not have: an upper bound for an affine colour correction, not an
+    attack."""
+    from privnerf.eval.metrics import psnr
+
+    if len(preds) != len(gts) or not preds:
+        raise ValueError(f"colour_calibrated_psnr: {len(preds)} renders for {len(gts)} ground-truth images")
+    x = np.concatenate([p.reshape(-1, 3) for p in preds]).astype(np.float64)
+    y = np.concatenate([g.reshape(-1, 3) for g in gts]).astype(np.float64)
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    cmap, *_ = np.linalg.lstsq(design, y, rcond=None)  # (4, 3)
+    out = []
+    for p, g in zip(preds, gts):
+        mapped = np.concatenate([p.reshape(-1, 3), np.ones((p[..., 0].size, 1))], axis=1) @ cmap
+        out.append(psnr(np.clip(mapped, 0, 1).reshape(p.shape).astype(np.float32), g))
+    return float(np.mean(out))
+
+
 def psnr_over(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
     """PSNR over the masked pixels only (``nan`` when the mask is empty)."""
     if not mask.any():

@@ -34,6 +34,7 @@ from privnerf.privacy.gradient_defense import GradientDefense
 from privnerf.privacy.split_attack import (
     AttackConfig,
     attack_factory,
+    colour_calibrated_psnr,
     constant_colour_psnr,
     finetune_on_leaked,
     make_attacks,
@@ -195,7 +196,7 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
     shift = float(trainer.field.shift)
 
     def score(head, tag: str) -> dict[str, Any]:
-        rows = []
+        rows, preds = [], []
         out_dir = run_dir / "attack" / f"renders-leaked-{leaked}" / tag
         out_dir.mkdir(parents=True, exist_ok=True)
         for i in range(test_scene.num_views):
@@ -204,8 +205,10 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
                                     chunk=trainer.cfg.render.chunk)
             gt = test_scene.images[i]
             rows.append({"psnr": psnr(pred, gt), "ssim": ssim(pred, gt), "lpips": lp(pred, gt) if lp else None})
+            preds.append(pred)
             write_image(out_dir / f"view_{i:04d}.png", to_uint8(pred))
-        return {**mean_metrics(rows), "num_images": test_scene.num_views}
+        calibrated = colour_calibrated_psnr(preds, list(test_scene.images))
+        return {**mean_metrics(rows), "calibrated_psnr": calibrated, "num_images": test_scene.num_views}
 
     # Heads the attacker cannot know anything about: what the server's grids show with a guessed head. One
     # guess scores anywhere in a wide range (lego, full decoder: 7.4 and 13.0 dB), so report the mean of a few.
@@ -213,7 +216,7 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
     for k in range(UNINFORMED_HEADS):
         torch.manual_seed(UNINFORMED_SEED + k)
         guesses.append(score(ClientHead(trainer.cfg.field.grid), "geometry-only" if k == 0 else f"geometry-only-{k}"))
-    geometry = {key: float(np.mean([g[key] for g in guesses])) for key in ("psnr", "ssim", "lpips")
+    geometry = {key: float(np.mean([g[key] for g in guesses])) for key in ("psnr", "ssim", "lpips", "calibrated_psnr")
                 if all(g.get(key) is not None for g in guesses)}
     geometry.update({"num_images": test_scene.num_views, "heads": len(guesses),
                      "psnr_per_head": [g["psnr"] for g in guesses]})
