@@ -351,16 +351,14 @@ def server_activations(trainer, origins: torch.Tensor, dirs: torch.Tensor, infer
 def render_with_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: int,
                      chunk: int = 16384) -> np.ndarray:
     """Render a view with the server's grids and ``head`` (a surrogate): ``(h, w, 3)`` in [0, 1]."""
-    from privnerf.data.cameras import image_rays
+    from privnerf.render.renderer import render_image_rays
 
-    o, d, _ = image_rays(torch.as_tensor(c2w).float(), torch.as_tensor(intrinsics).float(), h, w)
-    rgb = []
-    for i in range(0, o.shape[0], chunk):
-        oo, dd = o[i : i + chunk].to(trainer.device), d[i : i + chunk].to(trainer.device)
-        hh, s = server_activations(trainer, oo, dd)
-        rgb.append(render_activations(head, shift, hh.cpu(), type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu()),
-                                      dd.cpu(), trainer.background.cpu())["rgb"])
-    return torch.cat(rgb).reshape(h, w, 3).clamp(0, 1).numpy()
+    def rays(o: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+        hh, s = server_activations(trainer, o.to(trainer.device), d.to(trainer.device))
+        s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
+        return {"rgb": render_activations(head, shift, hh.cpu(), s, d.cpu(), trainer.background.cpu())["rgb"]}
+
+    return render_image_rays(rays, c2w, intrinsics, h, w, "cpu", chunk)["rgb"].clamp(0, 1).numpy()
 
 
 def finetune_on_leaked(attack: SurrogateModelAttack, trainer, leaked, cfg: AttackConfig, quiet: bool = True) -> list[float]:

@@ -9,6 +9,7 @@ carry a weight below the threshold each, so the rendered colour changes by at mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -108,6 +109,31 @@ def composite_samples(sigma: torch.Tensor, values: torch.Tensor, s: Samples, dir
 
 
 @torch.no_grad()
+def render_image_rays(render_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], c2w: torch.Tensor,
+                      intrinsics: torch.Tensor, h: int, w: int, device: torch.device | str,
+                      chunk: int = 16384) -> dict[str, torch.Tensor]:
+    """Cast every pixel's ray of one camera and render them through ``render_fn`` in chunks.
+
+    Args:
+        render_fn: ``(origins (n, 3), dirs (n, 3)) -> {key: (n, ...)}`` on ``device``.
+        c2w: ``(4, 4)``; intrinsics: ``(4,)``.
+    Returns:
+        Each key of ``render_fn``'s output as ``(h, w, ...)``, plus ``z_scale (h, w)`` (ray length per unit
+        of camera z, to turn distances along the ray into z-depth).
+    """
+    origins, dirs, z_scale = image_rays(torch.as_tensor(c2w).float().cpu(), torch.as_tensor(intrinsics).float().cpu(),
+                                        h, w)
+    origins, dirs = origins.to(device), dirs.to(device)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, origins.shape[0], chunk):
+        for k, v in render_fn(origins[i : i + chunk], dirs[i : i + chunk]).items():
+            if v.dim() > 0:  # per-ray outputs; scalars such as num_samples are left out
+                parts.setdefault(k, []).append(v)
+    out = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
+    out["z_scale"] = z_scale.reshape(h, w).to(device)
+    return out
+
+
 def render_image(
     field: RadianceField,
     occ: OccupancyGrid,
@@ -125,18 +151,9 @@ def render_image(
     Returns:
         ``rgb (h, w, 3)``, ``opacity (h, w)``, ``depth (h, w)`` (camera z-depth, ``inf`` where empty).
     """
-    device = settings.background.device
-    origins, dirs, z_scale = image_rays(c2w.cpu(), intrinsics.cpu(), h, w)
-    origins, dirs, z_scale = origins.to(device), dirs.to(device), z_scale.to(device)
-    out = {"rgb": [], "opacity": [], "depth": []}
-    for i in range(0, origins.shape[0], chunk):
-        r = render_rays(field, occ, origins[i : i + chunk], dirs[i : i + chunk], settings)
-        for k in out:
-            out[k].append(r[k])
-    rgb = torch.cat(out["rgb"]).reshape(h, w, 3)
-    opacity = torch.cat(out["opacity"]).reshape(h, w)
-    depth = (torch.cat(out["depth"]) / z_scale).reshape(h, w)
-    return {"rgb": rgb.clamp(0, 1), "opacity": opacity, "depth": depth}
+    r = render_image_rays(lambda o, d: render_rays(field, occ, o, d, settings), c2w, intrinsics, h, w,
+                          settings.background.device, chunk)
+    return {"rgb": r["rgb"].clamp(0, 1), "opacity": r["opacity"], "depth": r["depth"] / r["z_scale"]}
 
 
 def render_rays_personal(
@@ -199,18 +216,14 @@ def render_rays_personal(
     }
 
 
-@torch.no_grad()
 def render_image_personal(field, personal, occ, c2w, intrinsics, h: int, w: int, image_index: int,
                           settings: RenderSettings, chunk: int = 16384) -> dict[str, torch.Tensor]:
     """Full-image render with the personal field of image ``image_index``: ``rgb (h, w, 3)``, ``personal_opacity (h, w)``."""
-    device = settings.background.device
-    origins, dirs, _ = image_rays(c2w.cpu(), intrinsics.cpu(), h, w)
-    origins, dirs = origins.to(device), dirs.to(device)
-    rgb, pop = [], []
-    for i in range(0, origins.shape[0], chunk):
-        o, d = origins[i : i + chunk], dirs[i : i + chunk]
-        img = torch.full((o.shape[0],), image_index, dtype=torch.long, device=device)
+
+    def rays(o: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
+        img = torch.full((o.shape[0],), image_index, dtype=torch.long, device=o.device)
         r = render_rays_personal(field, personal, occ, o, d, img, settings)
-        rgb.append(r["rgb"])
-        pop.append(r["personal_opacity"])
-    return {"rgb": torch.cat(rgb).reshape(h, w, 3).clamp(0, 1), "personal_opacity": torch.cat(pop).reshape(h, w)}
+        return {"rgb": r["rgb"], "personal_opacity": r["personal_opacity"]}
+
+    r = render_image_rays(rays, c2w, intrinsics, h, w, settings.background.device, chunk)
+    return {"rgb": r["rgb"].clamp(0, 1), "personal_opacity": r["personal_opacity"]}
