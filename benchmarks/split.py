@@ -188,6 +188,37 @@ def renders(result: dict, out_root: Path, path: Path, tags: list[str]) -> None:
         write_image(path, np.concatenate(rows, axis=0))
 
 
+def reattack(scene: str, folder: Path) -> None:
+    """Re-run ``evaluate_attack`` on each run of ``folder`` whose tag has a row in ``split-<scene>.json`` and
+    replace that row's ``attack`` block; the row keeps its training provenance and gains ``attack_provenance``
+    (an offline attack needs only the server's saved state)."""
+    from privnerf.split.run import evaluate_attack
+
+    res_path = ROOT / "benchmarks" / "results" / f"split-{scene}.json"
+    result = json.loads(res_path.read_text())
+    command = f"python benchmarks/split.py --scene {scene} --reattack {folder}"
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    runs = sorted(d for d in Path(folder).iterdir() if (d / "config.json").exists())
+    if not runs:
+        sys.exit(f"{folder}: no split runs (folders with config.json) in it")
+    for run_dir in runs:
+        row = result["split"].get(run_dir.name)
+        if row is None:
+            print(f"{run_dir.name}: no row in {res_path.name}, skipped", flush=True)
+            continue
+        t0 = time.perf_counter()
+        row["attack"] = evaluate_attack(run_dir, quiet=True)
+        row["attack_provenance"] = {"commit": commit, "command": command,
+                                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        at = row["attack"]
+        print(f"{run_dir.name}: " + "  ".join(f"{k} {v['psnr']:.2f} (calibrated {v['calibrated_psnr']:.2f})"
+                                             for k, v in at.items() if isinstance(v, dict) and "psnr" in v)
+              + f"  const {at['constant_colour_psnr']:.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
+    plot(result, res_path.with_name(f"split-{scene}-tradeoff.png"))
+    print(f"wrote {res_path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scene", default="lego", choices=list(SCENES))
@@ -198,7 +229,13 @@ def main() -> None:
     p.add_argument("--no-transport", action="store_true", help="skip the transport timing")
     p.add_argument("--only", default=None, help="comma-separated run tags (re-run a subset, merging results)")
     p.add_argument("--label", default=None, help="renders figure suffix (default: 'partial' with --only)")
+    p.add_argument("--reattack", type=Path, default=None,
+                   help="re-score the attacks of an earlier bench output folder (outputs/bench-split/<scene>/<time>)"
+                        " with the current attack code and merge them into the matching rows; trains nothing")
     a = p.parse_args()
+    if a.reattack:
+        reattack(a.scene, a.reattack)
+        return
     if a.only and not a.label:
         a.label = "partial"
     data = SCENES[a.scene] if a.scene == "builtin" else str(data_root() / SCENES[a.scene])

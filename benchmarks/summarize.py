@@ -181,15 +181,18 @@ def split_tables() -> list[str]:
             out.append("")
         if r["split"]:
             out += head(f"{path.stem}: split training per defense, attacked online",
-                        ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker", "geometry only",
+                        ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker",
+                         "principal direction (grey / false colour)", "geometry only",
                          "constant colour", "strongest, colour-calibrated", "replay: training pixels PSNR",
                          "MB up / down per step", "train s", "commit"])
         for tag, row in r["split"].items():
             a = row.get("attack", {})
             rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
             cal = [v["calibrated_psnr"] for v in a.values() if isinstance(v, dict) and "calibrated_psnr" in v]
+            direction = (f"{fmt(a['direction']['psnr'])} / {fmt(a['direction_colour']['psnr'])}"
+                         if "direction" in a else "–")
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
-                       f"{fmt(sm.get('psnr'))} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
+                       f"{fmt(sm.get('psnr'))} | {direction} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
                        f"{fmt(max(cal) if cal else None)} | {fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
                        f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} | {ref(row)} |")
         if r["split"]:

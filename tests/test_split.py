@@ -345,3 +345,27 @@ def test_full_decoder_and_private_head_leave_the_server_blind():
     replay = server.attacks["replay"]
     mask = replay.touched[: replay.offsets[1]].reshape(train.hw(0)).numpy()
     assert psnr_over(replay.dummy_image(0), train.images[0], mask) < 12.0
+
+
+def test_grid_directions_find_a_hidden_density_direction():
+    """The principal-direction attack: voxels whose 13 values are a sparse, long-tailed amount along a secret
+    unit direction (surfaces) plus small isotropic noise give that direction back, sign included; a grid that
+    never moved is an error."""
+    from types import SimpleNamespace
+
+    from privnerf.privacy.split_attack import grid_directions
+
+    g = torch.Generator().manual_seed(0)
+    secret = torch.linalg.qr(torch.randn(13, 13, generator=g))[0][0]
+    amount = torch.where(torch.rand(20000, generator=g) < 0.05, torch.rand(20000, generator=g) * 8.0,
+                         -torch.rand(20000, generator=g) * 0.5)  # few strong surfaces, bounded free space
+    values = amount[:, None] * secret + 0.05 * torch.randn(20000, 13, generator=g)
+    grid = lambda v: SimpleNamespace(data=v.reshape(20, 20, 50, v.shape[-1]))  # noqa: E731
+    field = SimpleNamespace(density_grid=grid(values[:, :1]), feature_grid=grid(values[:, 1:]))
+    d = grid_directions(field)
+    assert float(d[0] @ secret) > 0.99
+    field = SimpleNamespace(density_grid=grid(-values[:, :1]), feature_grid=grid(-values[:, 1:]))
+    assert float(grid_directions(field)[0] @ secret) < -0.99  # the tail decides the sign, not the data's sign
+    zero = torch.zeros(20000, 13)
+    with pytest.raises(ValueError, match="never moved"):
+        grid_directions(SimpleNamespace(density_grid=grid(zero[:, :1]), feature_grid=grid(zero[:, 1:])))

@@ -22,7 +22,7 @@ USAGE = ("usage: privnerf split train --data D [--defense ...] [--c C] [--r R] .
 
 def attack_line(r: dict) -> str:
     parts = [f"attacker PSNR (leaked images: {r['leaked']})"]
-    for k in ("sma", "replay"):
+    for k in ("sma", "replay", "direction", "direction_colour"):
         if k in r:
             parts.append(f"{k} {r[k]['psnr']:.2f} dB")
     parts.append(f"| geometry only {r['geometry_only']['psnr']:.2f} dB, constant colour {r['constant_colour_psnr']:.2f} dB")

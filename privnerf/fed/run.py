@@ -78,13 +78,7 @@ class Harness:
         r = t.cfg.render
         occ = OccupancyGrid(field.space.box, r.occ_resolution)
         occ.update(field.density_space, t.occ_step, r.occ_threshold)
-        saved = t.field
-        t.field = field
-        try:
-            s = t.settings(inference=True)
-        finally:
-            t.field = saved
-        return occ, s
+        return occ, t.settings(inference=True, field=field)
 
     def measure(self, rnd: int, field, individual: dict | None, final: bool = False) -> dict[str, Any]:
         cfg = self.cfg

@@ -131,7 +131,7 @@ class DecentServer:
         with legacy_session(grid, context, cfg.num_users, cfg.rounds) as legacy:
             self.legacy = legacy
             for rnd in range(self.state.round + 1, cfg.rounds + 1):
-                self._round(grid, context, legacy.strategy, rnd)
+                self._round(grid, legacy.strategy, rnd)
 
     def _grow_if_due(self, rnd: int) -> None:
         progress = (rnd - 1) / max(self.cfg.rounds, 1)
@@ -139,7 +139,7 @@ class DecentServer:
             self.field.grow()
             log.info("round %d: global grids grown to %s", rnd, self.field.density_grid.resolution)
 
-    def _round(self, grid, context, strategy: RoundStrategy, rnd: int) -> None:
+    def _round(self, grid, strategy: RoundStrategy, rnd: int) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
         self._grow_if_due(rnd)

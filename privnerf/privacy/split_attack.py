@@ -19,6 +19,10 @@ official code does). One Adam step per training step updates ``f_s`` and the dum
 
 The attacker's NeRF is its own grids plus ``f_s``; it renders any view.
 
+**Principal-direction attack** (ours, offline, needs no gradients): read the density off the server's own
+grids along their principal direction (:func:`grid_directions`, :func:`direction_head`); the attack on
+``--decoder full``, where no grid channel is the density.
+
 **Scene-aided SMA (SA-SMA).** With ``N`` leaked training images at known poses, the attacker fine-tunes
 ``f_s`` alone (its grids frozen) on those images' pixels. Evaluated on the test views, not the leaked ones
 (the official code scores the leaked view itself).
@@ -359,6 +363,51 @@ def render_with_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: in
         return {"rgb": render_activations(head, shift, hh.cpu(), s, d.cpu(), trainer.background.cpu())["rgb"]}
 
     return render_image_rays(rays, c2w, intrinsics, h, w, "cpu", chunk)["rgb"].clamp(0, 1).numpy()
+
+
+def grid_directions(field, max_voxels: int = 400_000, seed: int = 0) -> torch.Tensor:
+    """Principal directions of the server's trained grid values, ``(C, C)``, one per row, strongest first.
+
+    The grids start at zero and only voxels some ray reached move, so the values themselves are the server's
+    evidence. With ``--decoder full`` the client reads density along a secret direction of the ``C`` = 13
+    channels; the training signal that shapes surfaces (large positive logits on few voxels) pushes the
+    values along it. Each direction is oriented so the projections have a positive third moment: surfaces
+    are a long positive tail, free space a bounded negative one (softplus stops pushing once a voxel is
+    transparent). Uncentred SVD on up to ``max_voxels`` moved voxels."""
+    v = torch.cat([field.density_grid.data.detach().reshape(-1, 1),
+                   field.feature_grid.data.detach().reshape(-1, field.feature_grid.data.shape[-1])], dim=1).double()
+    v = v[v.abs().sum(1) > 0]
+    if len(v) == 0:
+        raise ValueError("grid_directions: the server's grids never moved (no training steps?)")
+    if len(v) > max_voxels:
+        v = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(seed))[:max_voxels]]
+    _, _, vt = torch.linalg.svd(v, full_matrices=False)
+    skew = ((v @ vt.T) ** 3).mean(0)
+    return (vt * torch.where(skew < 0, -1.0, 1.0)[:, None]).float()
+
+
+def direction_head(grid_cfg, directions: torch.Tensor, density: int = 0, colour: bool = False) -> ClientHead:
+    """A head for the principal-direction attack: density logit = the projection on ``directions[density]``
+    (unit norm, like the client's orthogonal decoder row); diffuse colour grey, or (``colour``) the next three
+    directions in false colour; no view-dependent residual."""
+    from privnerf.fields.grid_field import FullDecoder
+
+    head = ClientHead(grid_cfg)
+    if not isinstance(head.feature_out, FullDecoder):
+        raise ValueError("the principal-direction attack targets --decoder full (the server holds density "
+                         "otherwise)")
+    with torch.no_grad():
+        w = torch.zeros_like(head.feature_out.weight)
+        w[0] = directions[density]
+        if colour:
+            others = [k for k in range(len(directions)) if k != density][:3]
+            w[1:4] = directions[others]
+        head.feature_out.weight.copy_(w)
+        head.feature_out.bias.zero_()
+        last = head.rgb_net[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    return head
 
 
 def finetune_on_leaked(attack: SurrogateModelAttack, trainer, leaked, cfg: AttackConfig, quiet: bool = True) -> list[float]:

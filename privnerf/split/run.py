@@ -36,7 +36,9 @@ from privnerf.privacy.split_attack import (
     attack_factory,
     colour_calibrated_psnr,
     constant_colour_psnr,
+    direction_head,
     finetune_on_leaked,
+    grid_directions,
     make_attacks,
     psnr_over,
     render_with_head,
@@ -162,6 +164,8 @@ def load_attacks(run_dir: Path, cfg: AttackConfig | None = None):
 UNINFORMED_HEADS = 3
 UNINFORMED_SEED = 7_000_000
 """Seeds of the guessed heads behind "geometry only" (fixed, so runs compare; no client draws these)."""
+DIRECTIONS_SCORED = 3
+"""Principal directions of the server's grids the direction attack renders as density (the first is its pick)."""
 
 
 def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_scene=None, train_scene=None,
@@ -222,6 +226,15 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
                      "psnr_per_head": [g["psnr"] for g in guesses]})
     out: dict[str, Any] = {"leaked": leaked, "constant_colour_psnr": constant_colour_psnr(list(test_scene.images)),
                            "geometry_only": geometry}
+    if trainer.cfg.field.grid.decoder == "full" and leaked == 0:
+        # the density read off the grids' principal direction (grey), then in false colour; the next
+        # directions are scored too, to show whether the first one is the density
+        directions = grid_directions(trainer.field)
+        grid_cfg = trainer.cfg.field.grid
+        per = [score(direction_head(grid_cfg, directions, k), f"direction-{k}") for k in range(DIRECTIONS_SCORED)]
+        out["direction"] = {**per[0], "psnr_per_direction": [d["psnr"] for d in per],
+                            "calibrated_per_direction": [d["calibrated_psnr"] for d in per]}
+        out["direction_colour"] = score(direction_head(grid_cfg, directions, 0, colour=True), "direction-0-colour")
     for attack in attacks:
         row: dict[str, Any] = {"attack_steps": attack.steps}
         if leaked_scene is not None:

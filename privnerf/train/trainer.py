@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from privnerf.data.scene import Scene
 from privnerf.fields import make_field
+from privnerf.fields.base import RadianceField
 from privnerf.fields.grid_field import GridField
 from privnerf.fields.personal_field import PersonalField
 from privnerf.render.occupancy import OccupancyGrid
@@ -143,22 +144,30 @@ class Trainer:
     @property
     def marches_voxels(self) -> bool:
         """A grid field that skips empty space steps by its voxel size; anything else by box diagonal / samples."""
-        return isinstance(self.field, GridField) and self.skips_empty
+        return self._marches_voxels(self.field)
+
+    def _marches_voxels(self, field: RadianceField) -> bool:
+        return isinstance(field, GridField) and self.skips_empty
 
     @property
     def render_step(self) -> float:
-        if self.marches_voxels:
-            g = self.field.density_grid
-            voxel = float(((g.aabb[1] - g.aabb[0]) / (torch.tensor(g.resolution, device=g.aabb.device) - 1)).mean())
-            return self._world_step(voxel, self.field.space.aabb, self.field.space.contraction)
-        return float((self.field.space.aabb[1] - self.field.space.aabb[0]).norm()) / self.cfg.render.samples_per_ray
+        return self._render_step(self.field)
 
-    def settings(self, inference: bool = False) -> RenderSettings:
+    def _render_step(self, field: RadianceField) -> float:
+        if self._marches_voxels(field):
+            g = field.density_grid
+            voxel = float(((g.aabb[1] - g.aabb[0]) / (torch.tensor(g.resolution, device=g.aabb.device) - 1)).mean())
+            return self._world_step(voxel, field.space.aabb, field.space.contraction)
+        return float((field.space.aabb[1] - field.space.aabb[0]).norm()) / self.cfg.render.samples_per_ray
+
+    def settings(self, inference: bool = False, field: RadianceField | None = None) -> RenderSettings:
         """Render settings for training, or (``inference``) for evaluation and rendering, which march with
-        ``render.inference_step_scale`` times the step on grid fields."""
+        ``render.inference_step_scale`` times the step on grid fields. ``field``: settings for another field
+        of this configuration (the federated server's global field) instead of the trainer's own."""
+        field = self.field if field is None else field
         r = self.cfg.render
-        step = self.render_step
-        if inference and self.marches_voxels:
+        step = self._render_step(field)
+        if inference and self._marches_voxels(field):
             step *= r.inference_step_scale
         return RenderSettings(self.near, self.far, step, self.background, r.weight_threshold, self.skips_empty)
 
