@@ -348,9 +348,9 @@ def test_full_decoder_and_private_head_leave_the_server_blind():
 
 
 def test_grid_directions_find_a_hidden_density_direction():
-    """The principal-direction attack: voxels whose 13 values are a sparse, long-tailed amount along a secret
-    unit direction (surfaces) plus small isotropic noise give that direction back, sign included; a grid that
-    never moved is an error."""
+    """The principal-direction attack: voxels whose 13 values are an amount along a secret unit direction
+    (most negative and bounded: free space pushed transparent; a few large and positive: surfaces) plus small
+    isotropic noise give that direction back, sign included; a grid that never moved is an error."""
     from types import SimpleNamespace
 
     from privnerf.privacy.split_attack import grid_directions
@@ -365,7 +365,7 @@ def test_grid_directions_find_a_hidden_density_direction():
     d = grid_directions(field)
     assert float(d[0] @ secret) > 0.99
     field = SimpleNamespace(density_grid=grid(-values[:, :1]), feature_grid=grid(-values[:, 1:]))
-    assert float(grid_directions(field)[0] @ secret) < -0.99  # the tail decides the sign, not the data's sign
+    assert float(grid_directions(field)[0] @ secret) < -0.99  # the bulk (free space) decides the sign
     zero = torch.zeros(20000, 13)
     with pytest.raises(ValueError, match="never moved"):
         grid_directions(SimpleNamespace(density_grid=grid(zero[:, :1]), feature_grid=grid(zero[:, 1:])))
