@@ -253,7 +253,7 @@ def main() -> None:
 
     def provenance() -> dict:
         # merged --only runs come from different commands and commits: each row keeps its own
-        return {"commit": result["commit"], "command": result["command"],
+        return {"commit": result["commit"], "command": result["command"], "machine": result["machine"],
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def save():

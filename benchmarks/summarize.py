@@ -162,14 +162,18 @@ def split_tables() -> list[str]:
     out = []
     for path in sorted(RESULTS.glob("split-*.json")):
         r = json.loads(path.read_text())
-        out.append(f"Machine: {r['machine']}. {r['steps']} steps of {r['rays']} rays; scores on the first {r['views']} "
+        machines = {row["provenance"]["machine"] for sec in ("central", "split") for row in r.get(sec, {}).values()
+                    if "machine" in row.get("provenance", {})}
+        machine = f"the machine of each row's footnote ({len(machines)} here)" if len(machines) > 1 else r["machine"]
+        out.append(f"Machine: {machine}. {r['steps']} steps of {r['rays']} rays; scores on the first {r['views']} "
                    f"test views.\n")
         # rows merged from several --only runs each carry their own command and commit ("provenance")
         commands: dict[str, int] = {}
 
         def ref(row: dict) -> str:
             p = row.get("provenance") or {"commit": r["commit"], "command": r["command"]}
-            n = commands.setdefault(f"commit {p['commit']}: `{p['command']}`", len(commands) + 1)
+            where = f" on {p['machine']}" if "machine" in p else ""
+            n = commands.setdefault(f"commit {p['commit']}{where}: `{p['command']}`", len(commands) + 1)
             return f"{p['commit']} [{n}]"
 
         c = r["central"]
