@@ -119,9 +119,10 @@ def split_run(data: str, steps: int, views: int, defense: str, c: float, r: floa
     return res
 
 
-def strongest_attack(row: dict) -> float | None:
-    """The privacy axis: the best any attacker scored (replay, SMA, or the server's grids through a guessed head)."""
-    scores = [v["psnr"] for k, v in row.get("attack", {}).items() if isinstance(v, dict) and "psnr" in v]
+def strongest_attack(row: dict, key: str = "psnr") -> float | None:
+    """The privacy axis: the best any attacker scored (replay, SMA, principal direction, or the server's grids
+    through a guessed head); ``key="calibrated_psnr"`` for the colour-calibrated score."""
+    scores = [v[key] for v in row.get("attack", {}).values() if isinstance(v, dict) and key in v]
     return max(scores) if scores else None
 
 
@@ -185,7 +186,25 @@ def renders(result: dict, out_root: Path, path: Path, tags: list[str]) -> None:
     if rows:
         w = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 0), (0, w - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-        write_image(path, np.concatenate(rows, axis=0))
+        write_image(path, fit_width(np.concatenate(rows, axis=0)))
+
+
+FIGURE_MAX_WIDTH = 1600
+"""Render figures are box-downsampled to at most this width: full-size rows of five 400-500 px panels made
+2.6-2.8 MB PNGs, too large to keep in the repository."""
+
+
+def fit_width(img, max_width: int = FIGURE_MAX_WIDTH):
+    """``(H, W, 3)`` uint8 → the same picture shrunk by the smallest integer factor that fits ``max_width``
+    (mean over factor x factor blocks; edges cropped to a multiple of the factor)."""
+    import numpy as np
+
+    k = -(-img.shape[1] // max_width)
+    if k <= 1:
+        return img
+    h, w = img.shape[0] // k * k, img.shape[1] // k * k
+    blocks = img[:h, :w].reshape(h // k, k, w // k, k, -1).astype(np.float32).mean(axis=(1, 3))
+    return np.round(blocks).astype(np.uint8)
 
 
 def reattack(scene: str, folder: Path) -> None:
@@ -198,6 +217,8 @@ def reattack(scene: str, folder: Path) -> None:
     result = json.loads(res_path.read_text())
     command = f"python benchmarks/split.py --scene {scene} --reattack {folder}"
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    if not Path(folder).is_dir():
+        sys.exit(f"--reattack {folder}: not a folder (expected outputs/bench-split/<scene>/<time>)")
     runs = sorted(d for d in Path(folder).iterdir() if (d / "config.json").exists())
     if not runs:
         sys.exit(f"{folder}: no split runs (folders with config.json) in it")
@@ -282,7 +303,7 @@ def main() -> None:
         print(f"{tag}: utility {res['psnr']:.2f}  replay {at.get('replay', {}).get('psnr', float('nan')):.2f}  "
               f"sma {at.get('sma', {}).get('psnr', float('nan')):.2f}  geometry-only "
               f"{at.get('geometry_only', {}).get('psnr', float('nan')):.2f}  const {res['constant_colour_psnr']:.2f}  "
-              f"calibrated {max([v.get('calibrated_psnr', float('nan')) for v in at.values() if isinstance(v, dict)] or [float('nan')]):.2f}"
+              f"calibrated {strongest_attack(res, 'calibrated_psnr') or float('nan'):.2f}"
               f"  ({res['wall_s']:.0f} s)", flush=True)
         save()
     if (not only or "transport" in only) and not a.no_transport:

@@ -159,6 +159,8 @@ def fed_tables() -> list[str]:
 
 
 def split_tables() -> list[str]:
+    from split import strongest_attack  # benchmarks/split.py: one definition of "the strongest attacker"
+
     out = []
     for path in sorted(RESULTS.glob("split-*.json")):
         r = json.loads(path.read_text())
@@ -192,12 +194,11 @@ def split_tables() -> list[str]:
         for tag, row in r["split"].items():
             a = row.get("attack", {})
             rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
-            cal = [v["calibrated_psnr"] for v in a.values() if isinstance(v, dict) and "calibrated_psnr" in v]
             direction = (f"{fmt(a['direction']['psnr'])} / {fmt(a['direction_colour']['psnr'])}"
                          if "direction" in a else "–")
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
                        f"{fmt(sm.get('psnr'))} | {direction} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
-                       f"{fmt(max(cal) if cal else None)} | {fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
+                       f"{fmt(strongest_attack(row, 'calibrated_psnr'))} | {fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
                        f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} | {ref(row)} |")
         if r["split"]:
             out.append("")

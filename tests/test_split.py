@@ -309,10 +309,11 @@ def test_server_reports_a_bad_setup_as_an_error_reply():
     assert reply[0] == "error" and "feature_dim" in reply[1]["message"]
 
 
-def test_full_decoder_and_private_head_leave_the_server_blind():
+def test_full_decoder_and_private_head_blind_the_gradient_attacks():
     """With ``--decoder full`` the server's sampling is the same whatever the photos show (it cannot tell empty
     space from content); with ``--private-head`` as well the replay attack has nothing to replay (no better
-    than a constant colour) and no attacker comes near the client's NeRF. (The SMA on this tiny scene sits
+    than a constant colour) and no gradient attacker comes near the client's NeRF. (The server's own grids
+    still hold the scene: ``test_split_run_scores_the_server_reading_its_own_grids``.) (The SMA on this tiny scene sits
     close to the constant colour + 1 dB, too close to assert; on lego and fern it stays below the constant
     colour, BENCHMARKS.md.) ``make_pair`` pins the secret head seed: over seeds 11-14 utility was 16.0-16.3 dB,
     SMA 10.4-11.9, replay 7.6-9.1, constant 9.7, so a fresh secret seed each run made the test flaky."""
@@ -362,10 +363,35 @@ def test_grid_directions_find_a_hidden_density_direction():
     values = amount[:, None] * secret + 0.05 * torch.randn(20000, 13, generator=g)
     grid = lambda v: SimpleNamespace(data=v.reshape(20, 20, 50, v.shape[-1]))  # noqa: E731
     field = SimpleNamespace(density_grid=grid(values[:, :1]), feature_grid=grid(values[:, 1:]))
-    d = grid_directions(field)
+    d, singular = grid_directions(field)
     assert float(d[0] @ secret) > 0.99
+    assert bool((singular[:-1] >= singular[1:]).all())  # strongest first
     field = SimpleNamespace(density_grid=grid(-values[:, :1]), feature_grid=grid(-values[:, 1:]))
-    assert float(grid_directions(field)[0] @ secret) < -0.99  # the bulk (free space) decides the sign
+    assert float(grid_directions(field)[0][0] @ secret) < -0.99  # the bulk (free space) decides the sign
     zero = torch.zeros(20000, 13)
     with pytest.raises(ValueError, match="never moved"):
         grid_directions(SimpleNamespace(density_grid=grid(zero[:, :1]), feature_grid=grid(zero[:, 1:])))
+
+
+def test_split_run_scores_the_server_reading_its_own_grids(tmp_path):
+    """A whole ``split train`` run under the default posture (full decoder, private head) scores the offline
+    attacks: every colour-calibrated score sits at or above its floor, the constant colour (one view: the
+    floor is exact), and the principal-direction attack recovers the scene well above the constant colour —
+    the default posture does not hide the scene from a server that reads its own grids (BENCHMARKS.md).
+    Measured on this configuration over two secret head seeds: direction 13.0 / 13.1 dB, constant 9.7."""
+    from privnerf.split.run import run_split
+
+    cfg = split_cfg(steps=60, rays=1024, decoder="full", private_head=True, output=tmp_path / "run")
+    cfg.attack.kinds = ("replay",)
+    cfg.train.checkpoint_every_s = 1e9
+    attack = run_split(cfg, quiet=True)["attack"]
+    const = attack["constant_colour_psnr"]
+    scored = {k: v for k, v in attack.items() if isinstance(v, dict) and "calibrated_psnr" in v}
+    assert set(scored) == {"geometry_only", "direction", "direction_colour", "replay"}
+    for name, v in scored.items():
+        assert v["calibrated_psnr"] >= const - 1e-3, (name, v["calibrated_psnr"], const)
+    assert attack["direction"]["psnr"] > const + 2.0, (attack["direction"]["psnr"], const)
+    assert len(attack["direction"]["psnr_per_direction"]) == 3
+    saved = json.loads((tmp_path / "run" / "attack" / "attack-leaked-0.json").read_text())
+    assert saved["direction"]["psnr"] == attack["direction"]["psnr"]
+    assert (tmp_path / "run" / "attack" / "renders-leaked-0" / "direction-0" / "view_0000.png").exists()
