@@ -62,7 +62,7 @@ def check_runs() -> list[str]:
     out = []
     for path in sorted(RESULTS.glob("engine-*-*.json")):
         r = json.loads(path.read_text())
-        if "vanilla" in r["runs"]:
+        if path.name == "engine-loss-sweep.json" or "vanilla" in r["runs"]:
             continue
         g = r["runs"]["grid"]
         curve = ", ".join(f"{p['time_s']:.0f}s {p['psnr']:.2f}" for p in g.get("curve", []))
@@ -71,6 +71,26 @@ def check_runs() -> list[str]:
                    f"{g['steps']} steps ({g['train_time_s']:.0f} s), {g['rays_per_s']:,.0f} rays/s, "
                    f"{g['render_time_per_image_s']:.2f} s/frame; curve: {curve}")
     return out
+
+
+def loss_sweep_table() -> list[str]:
+    """Short lego 400 triage runs (``benchmarks/loss_sweep.py``)."""
+    r = load("engine-loss-sweep")
+    if r is None:
+        return []
+    rows = sorted(r["runs"].items(), key=lambda kv: kv[1]["psnr"], reverse=True)
+    first = rows[0][1]
+    out = [f"### Loss sweep: lego 400, {first['seconds']:.0f} s runs, PSNR on the first 4 test views "
+           f"(`python benchmarks/loss_sweep.py`; {first['machine']['cpu']}, {first['machine']['cores']} cores)", ""]
+    if r.get("note"):
+        out += [r["note"], ""]
+    out += ["| run | settings | PSNR | SSIM | steps | rays/s | samples per ray | curve (s: dB) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows:
+        curve = ", ".join(f"{p['time_s']:.0f}: {p['psnr']:.2f}" for p in row["curve"])
+        out.append(f"| {name} | `{' '.join(row['settings'])}` | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['steps']} | "
+                   f"{row['rays_per_s']:,.0f} | {row['samples_per_s'] / row['rays_per_s']:.1f} | {curve} |")
+    return out + [""]
 
 
 def field_ops_table() -> list[str]:
@@ -251,7 +271,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + field_ops_table() + check_runs() + crowd_tables() + fed_tables() + split_tables()))
+    print("\n".join(engine_tables() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")

@@ -47,3 +47,35 @@ def test_weights_match_dense_formula_and_have_gradients():
     assert torch.allclose(w.reshape(n_rays, n_s), trans * alpha, atol=1e-6)
     w.sum().backward()
     assert sigma.grad is not None and torch.isfinite(sigma.grad).all()
+
+
+def test_distortion_loss_matches_the_double_sum():
+    from privnerf.render.volume import distortion_loss
+
+    g = torch.Generator().manual_seed(3)
+    ray = torch.tensor([0, 0, 0, 1, 1, 3, 3, 3, 3])  # ray 2 has no samples
+    t = torch.tensor([1.0, 2.0, 4.0, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0])
+    delta = torch.rand(9, generator=g)
+    w = torch.rand(9, generator=g, requires_grad=True)
+    got = distortion_loss(w, t, delta, ray, 4)
+    want = []
+    for r in range(4):
+        m = ray == r
+        wr, tr, dr = w[m], t[m], delta[m]
+        want.append((wr[:, None] * wr[None] * (tr[:, None] - tr[None]).abs()).sum() + (wr**2 * dr).sum() / 3)
+    assert torch.allclose(got, torch.stack(want), atol=1e-5)
+    assert got[2] == 0
+    got.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_distortion_loss_prefers_concentrated_weight():
+    from privnerf.render.volume import distortion_loss
+
+    ray = torch.zeros(10, dtype=torch.long)
+    t = torch.arange(10.0)
+    delta = torch.ones(10)
+    spread = torch.full((10,), 0.1)
+    peaked = torch.zeros(10)
+    peaked[4] = 1.0
+    assert distortion_loss(peaked, t, delta, ray, 1) < distortion_loss(spread, t, delta, ray, 1)

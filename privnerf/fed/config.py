@@ -32,6 +32,9 @@ def _default_train() -> TrainConfig:
     # 26.98 dB): grid lr 0.1 -> 18.17 dB, 0.3 -> 22.44, 1.0 -> 24.74, 3.0 -> 24.74 (docs/decentnerf.md).
     t.optim.lr_density = 1.0
     t.optim.lr_features = 1.0
+    # The personal-field loss (learned, fedavg) has no distortion term; off for every aggregator so fednerf
+    # and centralized train the same objective as the DecentNeRF clients they are compared with.
+    t.optim.distortion_weight = 0.0
     return t
 
 

@@ -40,18 +40,21 @@ def render_rays(
     settings: RenderSettings,
     jitter: bool = False,
     background: torch.Tensor | None = None,
+    keep_samples: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Render a batch of rays.
 
     Args:
         origins, dirs: ``(n, 3)``, unit directions.
         background: optional per-ray ``(n, 3)`` background overriding ``settings.background``.
+        keep_samples: also return the per-sample terms that sample-level losses need (see
+            :func:`composite_samples`).
     Returns:
         ``rgb (n, 3)``, ``opacity (n,)``, ``depth (n,)`` (distance along the ray; ``inf`` where empty) and
         ``num_samples`` (samples shaded, a 0-d tensor).
     """
     return shade(field, origins, dirs, select_samples(field, occ, origins, dirs, settings, jitter), settings,
-                 background)
+                 background, keep_samples)
 
 
 def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tensor, dirs: torch.Tensor,
@@ -75,22 +78,24 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
     return s
 
 
-def shade(field, origins, dirs, s: Samples, settings: RenderSettings, background=None) -> dict[str, torch.Tensor]:
+def shade(field, origins, dirs, s: Samples, settings: RenderSettings, background=None,
+          keep_samples: bool = False) -> dict[str, torch.Tensor]:
     """Evaluate the field at the samples and composite (with gradient)."""
     pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
     sigma, values = field(pts, dirs[s.ray_idx])
     bg = settings.background if background is None else background
-    return composite_samples(sigma, values, s, dirs, field.finish, bg)
+    return composite_samples(sigma, values, s, dirs, field.finish, bg, keep_samples)
 
 
 def composite_samples(sigma: torch.Tensor, values: torch.Tensor, s: Samples, dirs: torch.Tensor, finish,
-                      background: torch.Tensor) -> dict[str, torch.Tensor]:
+                      background: torch.Tensor, keep_samples: bool = False) -> dict[str, torch.Tensor]:
     """Volume-render packed samples into ray colours.
 
     Args:
         sigma: ``(m,)`` density; values: ``(m, c)`` composited per sample; s: the samples (ray index, t, delta).
         dirs: ``(n, 3)`` ray directions; finish: ``(composited (n, c), opacity (n,), dirs) → (n, 3)`` colour.
         background: ``(3,)`` or ``(n, 3)``.
+        keep_samples: add ``samples`` (the :class:`Samples`), ``weights (m,)`` and ``values (m, c)``.
     Returns:
         ``rgb (n, 3)``, ``opacity (n,)``, ``depth (n,)`` (``inf`` where empty), ``num_samples`` (0-d).
     """
@@ -100,12 +105,15 @@ def composite_samples(sigma: torch.Tensor, values: torch.Tensor, s: Samples, dir
     color = finish(accumulate(w, values, s.ray_idx, n), opacity, dirs)
     dist = accumulate(w, s.t[:, None], s.ray_idx, n)[:, 0]
     depth = torch.where(opacity > 1e-3, dist / opacity.clamp(min=1e-10), torch.full_like(dist, float("inf")))
-    return {
+    out = {
         "rgb": composite(color, opacity, background.to(color)),
         "opacity": opacity,
         "depth": depth,
         "num_samples": torch.tensor(len(s)),
     }
+    if keep_samples:
+        out.update(samples=s, weights=w, values=values)
+    return out
 
 
 @torch.no_grad()

@@ -77,6 +77,10 @@ class SplitConfig:
         if self.decoder == "full":  # the server cannot evaluate the density (it would refuse to skip anyway)
             t.render.skip_empty = False
         t.personal.enabled = False
+        # The split client's loss is the colour MSE (privnerf.split.client); sample-level regularisers of
+        # the core loss are off so centralized references of a split run train the same objective.
+        t.optim.distortion_weight = 0.0
+        t.optim.rgb_per_sample_weight = 0.0
         return t
 
     def defense_config(self) -> DefenseConfig:

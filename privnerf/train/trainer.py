@@ -28,6 +28,7 @@ from privnerf.fields.grid_field import GridField
 from privnerf.fields.personal_field import PersonalField
 from privnerf.render.occupancy import OccupancyGrid
 from privnerf.render.renderer import RenderSettings, render_rays, render_rays_personal
+from privnerf.render.volume import distortion_loss
 from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
 from privnerf.train.config import TrainConfig
 from privnerf.train.optim import GridAdam
@@ -234,14 +235,31 @@ class Trainer:
     def compute_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Forward pass on a batch: ``(loss, mse, render outputs)``.
 
-        Without a personal field the loss is the colour MSE. With one it is NeRF-W's (as nerf_pl implements
+        Without a personal field the loss is the colour MSE, plus (bounded scenes) ``optim.distortion_weight``
+        times mip-NeRF 360's distortion loss and ``optim.rgb_per_sample_weight`` times DVGO's per-sample colour
+        loss. With one it is NeRF-W's (as nerf_pl implements
         it): ``mean(|C - C^|^2 / (2 beta^2)) + 3 + mean(log beta) + lambda_u mean(sigma_personal)``.
         """
         if self.personal is None:
             origins, dirs, target = batch[:3]
-            out = render_rays(self.field, self.occ, origins, dirs, self.settings(), jitter=True)
+            o = self.cfg.optim
+            settings = self.settings()
+            use_distortion = o.distortion_weight > 0 and not self.field.space.contraction
+            sample_losses = use_distortion or o.rgb_per_sample_weight > 0
+            out = render_rays(self.field, self.occ, origins, dirs, settings, jitter=True, keep_samples=sample_losses)
             mse = torch.mean((out["rgb"] - target) ** 2)
-            return mse, mse, out
+            loss = mse
+            if sample_losses and len(out["samples"]) > 0:
+                s, w = out["samples"], out["weights"]
+                n = origins.shape[0]
+                if use_distortion:
+                    # distances in render steps, so the weight means the same at every grid size
+                    dist = distortion_loss(w, s.t / settings.step, s.delta / settings.step, s.ray_idx, n)
+                    loss = loss + o.distortion_weight * dist.mean()
+                if o.rgb_per_sample_weight > 0:
+                    err = ((out["values"][:, :3] - target[s.ray_idx]) ** 2).sum(-1)
+                    loss = loss + o.rgb_per_sample_weight * (w * err).sum() / n
+            return loss, mse, out
         origins, dirs, target, image = batch
         out = render_rays_personal(self.field, self.personal, self.occ, origins, dirs, image, self.settings(),
                                    jitter=True)
