@@ -70,7 +70,7 @@ def check_runs() -> list[str]:
                    f"{g['ssim']:.4f} / LPIPS {fmt(g['lpips'], 4)} on {g['num_images']} test views after "
                    f"{g['steps']} steps ({g['train_time_s']:.0f} s), {g['rays_per_s']:,.0f} rays/s, "
                    f"{g['render_time_per_image_s']:.2f} s/frame; curve: {curve}")
-    return out
+    return out + [""] if out else out
 
 
 def loss_sweep_table() -> list[str]:
