@@ -79,17 +79,23 @@ def loss_sweep_table() -> list[str]:
     if r is None:
         return []
     rows = sorted(r["runs"].items(), key=lambda kv: kv[1]["psnr"], reverse=True)
-    first = rows[0][1]
-    out = [f"### Loss sweep: lego 400, {first['seconds']:.0f} s runs, PSNR on the first 4 test views "
-           f"(`python benchmarks/loss_sweep.py`; {first['machine']['cpu']}, {first['machine']['cores']} cores)", ""]
-    if r.get("note"):
-        out += [r["note"], ""]
-    out += ["| run | settings | PSNR | SSIM | steps | rays/s | samples per ray | curve (s: dB) |",
-            "|---|---|---|---|---|---|---|---|"]
+    cpus = sorted({f"{row['machine']['cpu']}, {row['machine']['cores']} cores" for _, row in rows})
+    out = [f"### Loss sweep: lego 400, short runs, PSNR on the first 4 test views "
+           f"(`python benchmarks/loss_sweep.py`; {'; '.join(cpus)})", ""]
+    out += ["| run | settings | budget s | PSNR | SSIM | steps | rays/s | samples per ray | curve (s: dB) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows:
         curve = ", ".join(f"{p['time_s']:.0f}: {p['psnr']:.2f}" for p in row["curve"])
-        out.append(f"| {name} | `{' '.join(row['settings'])}` | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['steps']} | "
+        out.append(f"| {name} | `{' '.join(row['settings'])}` | {row['seconds']:.0f} | {row['psnr']:.2f} | {row['ssim']:.3f} | {row['steps']} | "
                    f"{row['rays_per_s']:,.0f} | {row['samples_per_s'] / row['rays_per_s']:.1f} | {curve} |")
+    # rows keep their own provenance note (the first rows were run before the script was committed)
+    notes: dict[str, list[str]] = {}
+    for name, row in rows:
+        if row.get("note"):
+            notes.setdefault(row["note"], []).append(name)
+    out.append("")
+    for note, names in notes.items():
+        out.append(f"- {', '.join(names)}: {note}")
     return out + [""]
 
 
@@ -249,7 +255,14 @@ def plot() -> Path | None:
     fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4), squeeze=False)
     for ax, name in zip(axes[0], cases):
         r = json.loads((RESULTS / f"engine-{name}.json").read_text())
-        for label, run, style in (("grid (ours)", r["runs"]["grid"], "o-"), ("vanilla MLP", r["runs"]["vanilla"], "s--")):
+        lines = [(f"grid (ours, commit {r['commit']})", r["runs"]["grid"], "o-"),
+                 (f"vanilla MLP (commit {r['commit']})", r["runs"]["vanilla"], "s--")]
+        for path in sorted(RESULTS.glob(f"engine-{name}-*.json")):  # grid-only check runs of the same case
+            check = json.loads(path.read_text())
+            if "grid" in check.get("runs", {}) and "vanilla" not in check["runs"]:
+                tag = path.stem[len(f"engine-{name}-"):]
+                lines.append((f"grid, check run '{tag}' (commit {check['commit']})", check["runs"]["grid"], "^-"))
+        for label, run, style in lines:
             c = run.get("curve") or []
             xs = [p["time_s"] for p in c] + [run["train_time_s"]]
             ys = [p["psnr"] for p in c] + [run["psnr"]]

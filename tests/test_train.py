@@ -160,3 +160,31 @@ def test_pure_pytorch_path_trains(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["after"] > res["before"] + 5.0, res
+
+
+def test_core_loss_adds_the_distortion_term_in_render_steps():
+    """The core loss is the colour MSE plus ``optim.distortion_weight`` times the mean per-ray distortion, with
+    distances in render steps; weight 0 leaves the MSE alone. Split and federated training keep it off (their
+    clients' losses have no such term, and their centralized references must train the same objective)."""
+    from privnerf.fed.config import FedConfig
+    from privnerf.render.volume import distortion_loss
+    from privnerf.split.config import SplitConfig
+
+    trainer = Trainer(small_config(30), load_scene(DATA, "train"))
+    trainer.train(quiet=True)  # past the first steps, so rays carry several weighted samples
+    batch = trainer.sample_batch()
+    weight = trainer.cfg.optim.distortion_weight
+    assert weight > 0  # the default
+    torch.manual_seed(5)  # the marcher's jitter
+    loss, mse, out = trainer.compute_loss(batch)
+    s, w, step = out["samples"], out["weights"], trainer.settings().step
+    expected = distortion_loss(w, s.t / step, s.delta / step, s.ray_idx, batch[0].shape[0]).mean()
+    assert float(expected) > 0
+    assert torch.allclose(loss - mse, weight * expected, rtol=1e-4)
+    trainer.cfg.optim.distortion_weight = 0.0
+    torch.manual_seed(5)
+    loss0, mse0, out0 = trainer.compute_loss(batch)
+    assert float(loss0) == float(mse0) == float(mse)
+    assert "weights" not in out0
+    assert SplitConfig(data=DATA).train_config().optim.distortion_weight == 0.0
+    assert FedConfig(data=DATA).client_train_config().optim.distortion_weight == 0.0

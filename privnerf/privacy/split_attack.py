@@ -376,7 +376,9 @@ def grid_directions(field, max_voxels: int = 400_000, seed: int = 0) -> tuple[to
     singular values 3958, 1266, 676, ...; runs record them as ``singular_values``). Each
     direction is oriented so the median moved voxel projects negative: free space is the bulk, surfaces the
     positive minority. (Orienting by the third moment instead picked the wrong sign on lego: an opaque
-    volume.) Uncentred SVD on up to ``max_voxels`` moved voxels."""
+    volume. The median rule in turn picks the wrong sign on forward-facing, contracted fern, 5.5-6.4 dB
+    against a constant colour's 12.2: no sign rule found so far holds on both scenes.) Uncentred SVD on up to
+    ``max_voxels`` moved voxels."""
     v = torch.cat([field.density_grid.data.detach().reshape(-1, 1),
                    field.feature_grid.data.detach().reshape(-1, field.feature_grid.data.shape[-1])], dim=1).double()
     v = v[v.abs().sum(1) > 0]

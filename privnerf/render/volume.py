@@ -28,6 +28,17 @@ def ray_starts(ray_idx: torch.Tensor, n_rays: int) -> torch.Tensor:
     return offsets[ray_idx]
 
 
+def exclusive_cumsum_per_ray(x: torch.Tensor, ray_idx: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Sum of ``x`` ``(m,)`` over the earlier samples of the same ray (``ray_idx`` ``(m,)`` sorted), as float64.
+
+    One running sum over the whole batch minus its value at each ray's first sample; in float64 because a
+    float32 batch-wide sum loses the precision that the differences (and ``exp(-x)`` of them) need.
+    """
+    cs = torch.cumsum(x.double(), 0)
+    excl = cs - x.double()
+    return excl - excl[ray_starts(ray_idx, n_rays)]
+
+
 def weights_from_density(
     sigma: torch.Tensor, delta: torch.Tensor, ray_idx: torch.Tensor, n_rays: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,13 +53,7 @@ def weights_from_density(
         weights ``(m,)`` and transmittance before each sample ``(m,)``.
     """
     sd = sigma * delta
-    # Exclusive cumulative sum within each ray, in float64: a global float32 cumsum over a whole batch
-    # loses the precision that exp(-x) differences need.
-    cs = torch.cumsum(sd.double(), 0)
-    excl = cs - sd.double()
-    start = ray_starts(ray_idx, n_rays)
-    excl = excl - excl[start]
-    trans = torch.exp(-excl).float()
+    trans = torch.exp(-exclusive_cumsum_per_ray(sd, ray_idx, n_rays)).float()
     alpha = 1.0 - torch.exp(-sd)
     return trans * alpha, trans
 
@@ -81,13 +86,6 @@ def expected_depth(weights: torch.Tensor, t: torch.Tensor, ray_idx: torch.Tensor
     return torch.where(acc > 1e-4, d / acc.clamp(min=1e-10), torch.full_like(d, float("inf")))
 
 
-def exclusive_cumsum_per_ray(x: torch.Tensor, ray_idx: torch.Tensor, n_rays: int) -> torch.Tensor:
-    """Sum of ``x`` ``(m,)`` over the earlier samples of the same ray ``(m,)`` (float64 running sum, as above)."""
-    cs = torch.cumsum(x.double(), 0)
-    excl = cs - x.double()
-    return (excl - excl[ray_starts(ray_idx, n_rays)]).to(x.dtype)
-
-
 def distortion_loss(weights: torch.Tensor, t: torch.Tensor, delta: torch.Tensor, ray_idx: torch.Tensor,
                     n_rays: int) -> torch.Tensor:
     """mip-NeRF 360's distortion loss per ray ``(n_rays,)``, on packed samples.
@@ -101,5 +99,7 @@ def distortion_loss(weights: torch.Tensor, t: torch.Tensor, delta: torch.Tensor,
     """
     w_before = exclusive_cumsum_per_ray(weights, ray_idx, n_rays)
     wt_before = exclusive_cumsum_per_ray(weights * t, ray_idx, n_rays)
-    per_sample = 2 * weights * (t * w_before - wt_before) + weights**2 * delta / 3
+    # t W - S is a difference of two running sums: taken in float64, cast after
+    between = (t.double() * w_before - wt_before).to(weights.dtype)
+    per_sample = 2 * weights * between + weights**2 * delta / 3
     return torch.zeros(n_rays, dtype=weights.dtype, device=weights.device).index_add(0, ray_idx, per_sample)
