@@ -145,6 +145,34 @@ def test_written_dataset_reads_back_through_the_nerfstudio_parser(small_source, 
     assert (out / "contact_sheet.png").stat().st_size > 1000
 
 
+def test_person_free_reference_scores_the_clean_copy_inside_the_personal_mask(small_source, tmp_path):
+    from privnerf.privacy.leakage import clean_view, masked_psnr, person_free_psnr, personal_views
+
+    cfg = CrowdConfig(scene=SMALL, users=2, personal="static", seed=1, appearance=1.0)
+    res = generate_crowd(cfg, small_source, quiet=True)
+    train = load_scene(write_crowd(res, tmp_path / "crowd"), "train")
+    names = list(small_source.scene.names)
+    for i, meta in enumerate(train.frame_meta):
+        clean = clean_view(train, i)
+        src = small_source.scene.images[names.index(meta["source_view"])]  # no people, no appearance change
+        assert np.abs(clean - src).max() <= 0.5 / 255 + 1e-6
+        if (train.masks[i] > 0).any():
+            assert np.abs(clean - train.images[i])[train.masks[i] > 0].max() > 0.1  # people were drawn over it
+    for k in range(2):
+        views = personal_views(train, k, 3)
+        want = np.mean([masked_psnr(clean_view(train, v)[train.masks[v] == k + 1],
+                                    train.images[v][train.masks[v] == k + 1]) for v in views])
+        got = person_free_psnr(train, k, 3)
+        assert got == pytest.approx(want) and 0 < got < 30
+    # a crowd written without clean copies has no reference; a missing file named by the dataset is an error
+    for m in train.frame_meta:
+        m.pop("clean_path")
+    assert person_free_psnr(train, 0) is None
+    train.frame_meta[personal_views(train, 0, 1)[0]]["clean_path"] = "clean/nope.png"
+    with pytest.raises(SceneError, match="nope.png"):
+        person_free_psnr(train, 0)
+
+
 def test_presets_expand_to_the_papers_layouts(small_source):
     assert len(preset_variants("leakage-users")) == 10 and len(preset_variants("leakage-overlap")) == 9
     (_, lego20), = preset_variants("decentnerf-lego-20")

@@ -26,6 +26,9 @@ def _plot_curves(rounds: list[dict], out: Path) -> None:
     rl = [h["round"] for h in rounds if h.get("leakage_psnr") is not None]
     ax.plot(rl, [h["leakage_psnr"] for h in rounds if h.get("leakage_psnr") is not None], "s--",
             label="server render inside users' personal masks (leakage)")
+    ref = next((h["leakage_reference_psnr"] for h in rounds if h.get("leakage_reference_psnr") is not None), None)
+    if ref is not None:
+        ax.axhline(ref, color="grey", ls=":", label="leakage of a perfect person-free model (reference)")
     ax.set_xlabel("round")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
@@ -94,7 +97,7 @@ def write_fed_report(run_dir: Path) -> Path:
             f"<figure><img src='renders/users/{f}'><figcaption>{c}</figcaption></figure>"
             for f, c in cells if (udir / f).exists()) + "</div>")
     summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(results.get(k), 4)}</td></tr>" for k in (
-        "aggregator", "users", "rounds", "psnr", "ssim", "lpips", "leakage_psnr", "server_flops",
+        "aggregator", "users", "rounds", "psnr", "ssim", "lpips", "leakage_psnr", "leakage_reference_psnr", "server_flops",
         "client_training_flops", "bytes_up_per_client_per_round", "client_train_time_s", "wall_time_s"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>privnerf federated run</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}

@@ -25,7 +25,7 @@ from privnerf.eval.evaluate import evaluate_split
 from privnerf.eval.metrics import to_uint8
 from privnerf.fed.config import FedConfig
 from privnerf.fed.local import load_dataset, user_views
-from privnerf.privacy.leakage import personal_content_psnr
+from privnerf.privacy.leakage import person_free_psnr, personal_content_psnr
 from privnerf.render.occupancy import OccupancyGrid
 from privnerf.render.renderer import RenderSettings, render_image
 from privnerf.train.checkpoint import atomic_write_text
@@ -68,6 +68,9 @@ class Harness:
         self.reference = Trainer(tc, self.eval_scene)  # the server's field: same box and start as the clients'
         self.rounds_path = run_dir / "rounds.jsonl"
         self.history: list[dict[str, Any]] = []
+        # what a perfect person-free model scores on the leakage measure (None for crowds without clean copies)
+        ref = [person_free_psnr(self.train_scene, k, cfg.leakage_views) for k in self.users]
+        self.leakage_reference = float(np.mean(ref)) if ref and all(r is not None for r in ref) else None
 
     def field(self):
         return self.reference.field
@@ -110,6 +113,7 @@ class Harness:
         vals = [v for v in leak.values() if v is not None]
         out["leakage_psnr"] = float(np.mean(vals)) if vals else None
         out["leakage_psnr_per_user"] = {str(k): v for k, v in leak.items()}
+        out["leakage_reference_psnr"] = self.leakage_reference
         return out
 
     def _scratch_field(self):
@@ -285,6 +289,7 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
         "num_images": last.get("num_images"), "split": "test",
         "leakage_psnr": last.get("leakage_psnr"),
         "leakage_psnr_max_round": max((h.get("leakage_psnr") or -1 for h in hist), default=None),
+        "leakage_reference_psnr": harness.leakage_reference,
         "server_flops": total_server, "server_flops_detail": server_flops,
         "client_steps": steps, "client_train_time_s": sum(sum(h.get("client_train_time_s", [])) for h in hist),
         "bytes_up_per_client_per_round": last.get("bytes_up_per_client"),

@@ -13,8 +13,9 @@ The model of a crowd capture (after DecentNeRF's "Novel Blender" data, which was
 * optional **appearance** change per photo (exposure and white balance, as between phones).
 
 Output (``DIR``): a nerfstudio dataset whose ``train`` frames are the users' photos, with per-frame
-``user_id``, ``source_view``, ``personal_fraction`` and ``mask_path``, and whose ``test`` frames are the clean
-evaluation views; ``crowd.json`` (every parameter, every figure, per-user view counts and personal-pixel
+``user_id``, ``source_view``, ``personal_fraction``, ``mask_path`` and ``clean_path`` (``clean/*.png``: the same
+view with no people and no appearance change, the reference that tells what a person-free model scores on the
+leakage measure), and whose ``test`` frames are the clean evaluation views; ``crowd.json`` (every parameter, every figure, per-user view counts and personal-pixel
 fractions); ``contact_sheet.png``.
 
 Mask convention (``masks/*.png``, 8-bit): 0 = the scene, ``k + 1`` = user k's static person, 255 = a
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from privnerf.data.builtin import hsv_colour
 from privnerf.data.crowd.figures import PATTERNS, Figure, FigureStyle, insert_figures
 from privnerf.data.crowd.source import CrowdSource, load_crowd_source
-from privnerf.data.io import atomic_directory, atomic_write_json
+from privnerf.data.io import atomic_directory, atomic_write_json, write_image
 from privnerf.data.scene import Scene
 
 TRANSIENT_LABEL = 255
@@ -188,6 +189,9 @@ class CrowdResult:
     train: Scene
     eval: Scene
     info: dict[str, Any] = field(default_factory=dict)
+    clean: list[np.ndarray] = field(default_factory=list)
+    """Per training frame, the same view without any person and without the appearance change: what a perfect
+    person-free model of the scene renders there (the reference of the leakage measure)."""
 
 
 def generate_crowd(cfg: CrowdConfig, src: CrowdSource | None = None, quiet: bool = False) -> CrowdResult:
@@ -223,7 +227,7 @@ def generate_crowd(cfg: CrowdConfig, src: CrowdSource | None = None, quiet: bool
                       "scale": scale, "views": views[k]})
 
     bg = tuple(src.scene.background or (1.0, 1.0, 1.0))
-    images, masks, c2ws, intrs, names, metas = [], [], [], [], [], []
+    images, masks, c2ws, intrs, names, metas, clean = [], [], [], [], [], [], []
     figures_json = []
     per_user = []
     light = src.light_dir
@@ -247,7 +251,9 @@ def generate_crowd(cfg: CrowdConfig, src: CrowdSource | None = None, quiet: bool
                 img, label, _ = insert_figures(
                     src.scene.images[v], src.alphas[v], src.scene.depths[v], figs, labels, src.scene.c2w[v],
                     src.scene.intrinsics[v], bg, cfg.supersample, light)
-                meta: dict[str, Any] = {"user_id": k, "source_view": src.scene.names[v], "azimuth_deg": float(az[v])}
+                meta: dict[str, Any] = {"user_id": k, "source_view": src.scene.names[v], "azimuth_deg": float(az[v]),
+                                        "clean_path": f"clean/train_{len(images):05d}.png"}
+                clean.append(np.asarray(src.scene.images[v], np.float32))
                 if cfg.appearance > 0:
                     ev = float(rng.uniform(-0.5, 0.5) * cfg.appearance)
                     wb = 1.0 + rng.uniform(-0.08, 0.08, 3) * cfg.appearance
@@ -294,7 +300,7 @@ def generate_crowd(cfg: CrowdConfig, src: CrowdSource | None = None, quiet: bool
         "users": per_user,
         "transient_figures": figures_json,
     }
-    return CrowdResult(train, ev_scene, info)
+    return CrowdResult(train, ev_scene, info, clean)
 
 
 def write_crowd(result: CrowdResult, out_dir: Path) -> Path:
@@ -305,6 +311,8 @@ def write_crowd(result: CrowdResult, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite_if="crowd.json") as tmp:
         write_nerfstudio({"train": result.train, "test": result.eval}, tmp)
+        for meta, img in zip(result.train.frame_meta, result.clean):
+            write_image(tmp / meta["clean_path"], img)
         atomic_write_json(tmp / "crowd.json", result.info)
         contact_sheet(result.train, result.info).save(tmp / "contact_sheet.png")
     return out_dir
