@@ -9,7 +9,8 @@ Studies (``--study``), each on the crowd presets of ``privnerf data crowd`` (mad
 * ``users``: ``leakage-users`` (1..10 users); learned -> final leakage per number of users.
 
 Usage: ``python benchmarks/decentnerf.py --study main --scene lego --rounds 20 --local-epochs 0.05``
--> ``benchmarks/results/decentnerf-<scene>-<study>.json`` (+ ``.png`` plots), runs under ``outputs/bench-fed/``.
+-> ``benchmarks/results/decentnerf-lego-20.json`` / ``decentnerf-ablation-8.json`` /
+``decentnerf-leakage-users.json`` on lego, ``decentnerf-<scene>-<study>.json`` otherwise (+ ``.png`` plots), runs under ``outputs/bench-fed/``.
 Runs are sequential (timings are only comparable when nothing else runs).
 """
 
@@ -100,16 +101,21 @@ def main() -> int:
             rounds = [json.loads(x) for x in (Path(res["run_dir"]) / "rounds.jsonl").read_text().splitlines() if x.strip()]
             row = {"variant": variant or None, "aggregator": agg, "wall_s": round(time.perf_counter() - t0, 1),
                    **{k: res.get(k) for k in ("psnr", "ssim", "lpips", "leakage_psnr", "leakage_psnr_max_round",
+                                             "leakage_reference_psnr", "leakage_scene_psnr",
                                              "server_flops", "client_training_flops", "client_steps",
                                              "client_train_time_s", "bytes_up_per_client_per_round", "users",
                                              "run_dir")},
-                   "per_round": [{k: h.get(k) for k in ("round", "psnr", "leakage_psnr", "alpha", "round_time_s")}
+                   "per_round": [{k: h.get(k) for k in ("round", "psnr", "leakage_psnr", "leakage_scene_psnr", "alpha",
+                                                         "round_time_s")}
                                  for h in rounds]}
             rows.append(row)
             runs[f"{variant + ' ' if variant else ''}{agg}"] = Path(res["run_dir"])
             print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
                   f"server FLOPs {res['server_flops']:.3g}  ({row['wall_s']:.0f} s)", flush=True)
-    name = f"decentnerf-{a.scene}-{a.study}"
+    # the issue's names for the lego studies (decentnerf-lego-20, decentnerf-ablation-8, leakage-users)
+    name = STUDIES[a.study][0] if a.scene == "lego" and STUDIES[a.study][0] else f"decentnerf-{a.scene}-{a.study}"
+    if not name.startswith("decentnerf-"):
+        name = f"decentnerf-{name}"
     results = ROOT / "benchmarks" / "results"
     if a.study == "ablation":
         alpha_plots(runs, results / name)

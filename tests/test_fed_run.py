@@ -72,7 +72,8 @@ def test_decentnerf_run_is_private_resumable_and_complete(tiny_crowd, tmp_path):
     assert all(h["users"] == 3 and not h.get("rejected") for h in rounds)
     assert "loss_sum" in rounds[-1] and len(rounds[-1]["alpha"]) == 3
     res = json.loads((run / "results.json").read_text())
-    for key in ("psnr", "ssim", "lpips", "leakage_psnr", "server_flops", "bytes_up_per_client_per_round"):
+    for key in ("psnr", "ssim", "lpips", "leakage_psnr", "leakage_reference_psnr", "leakage_scene_psnr",
+                "server_flops", "bytes_up_per_client_per_round"):
         assert res[key] is not None and np.isfinite(res[key]), key
     assert (run / "renders" / "global" / "round-003.png").exists()
     # private state persisted on the "device", never in the server's folder

@@ -26,6 +26,10 @@ def _plot_curves(rounds: list[dict], out: Path) -> None:
     rl = [h["round"] for h in rounds if h.get("leakage_psnr") is not None]
     ax.plot(rl, [h["leakage_psnr"] for h in rounds if h.get("leakage_psnr") is not None], "s--",
             label="server render inside users' personal masks (leakage)")
+    rs = [h["round"] for h in rounds if h.get("leakage_scene_psnr") is not None]
+    if rs:
+        ax.plot(rs, [h["leakage_scene_psnr"] for h in rounds if h.get("leakage_scene_psnr") is not None], "^:",
+                label="the same renders against the person-free view (high = shows the place)")
     ref = next((h["leakage_reference_psnr"] for h in rounds if h.get("leakage_reference_psnr") is not None), None)
     if ref is not None:
         ax.axhline(ref, color="grey", ls=":", label="leakage of a perfect person-free model (reference)")

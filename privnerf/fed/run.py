@@ -107,12 +107,15 @@ class Harness:
                 uf = self._scratch_field()
                 load_global(uf, individual[k])
                 uocc, us = self.settings(uf)
-                leak[k] = personal_content_psnr(uf, uocc, us, self.train_scene, k, cfg.leakage_views)
+                leak[k] = personal_content_psnr(uf, uocc, us, self.train_scene, k, cfg.leakage_views, True)
             else:
-                leak[k] = personal_content_psnr(field, occ, settings, self.train_scene, k, cfg.leakage_views)
-        vals = [v for v in leak.values() if v is not None]
+                leak[k] = personal_content_psnr(field, occ, settings, self.train_scene, k, cfg.leakage_views, True)
+        vals = [v[0] for v in leak.values() if v[0] is not None]
+        behind = [v[1] for v in leak.values() if v[1] is not None]
         out["leakage_psnr"] = float(np.mean(vals)) if vals else None
-        out["leakage_psnr_per_user"] = {str(k): v for k, v in leak.items()}
+        out["leakage_psnr_per_user"] = {str(k): v[0] for k, v in leak.items()}
+        # the same renders scored against the person-free copies: high = the server shows the place, not the person
+        out["leakage_scene_psnr"] = float(np.mean(behind)) if behind and len(behind) == len(vals) else None
         out["leakage_reference_psnr"] = self.leakage_reference
         return out
 
@@ -290,6 +293,7 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
         "leakage_psnr": last.get("leakage_psnr"),
         "leakage_psnr_max_round": max((h.get("leakage_psnr") or -1 for h in hist), default=None),
         "leakage_reference_psnr": harness.leakage_reference,
+        "leakage_scene_psnr": last.get("leakage_scene_psnr"),
         "server_flops": total_server, "server_flops_detail": server_flops,
         "client_steps": steps, "client_train_time_s": sum(sum(h.get("client_train_time_s", [])) for h in hist),
         "bytes_up_per_client_per_round": last.get("bytes_up_per_client"),

@@ -64,14 +64,26 @@ def personal_views(scene: Scene, user: int, max_views: int | None = None) -> lis
 
 
 def personal_content_psnr(field, occ, settings: RenderSettings, scene: Scene, user: int,
-                          max_views: int | None = 3) -> float | None:
-    """Mean PSNR over the user's views inside its personal-content mask (``None`` if it has no such view)."""
-    scores = []
+                          max_views: int | None = 3, against_clean: bool = False):
+    """Mean PSNR over the user's views inside its personal-content mask (``None`` if it has no such view).
+
+    With ``against_clean`` returns ``(leakage, scene_psnr)``: the second scores the same render against the
+    person-free copy of the view (``None`` without clean copies). A render that shows the place behind the
+    person scores high there and low on leakage; one that shows the person, the other way round; a blurred
+    render scores middling on both (which is why leakage alone, against its reference, is hard to read).
+    """
+    scores, scene_scores = [], []
     for view in personal_views(scene, user, max_views):
         vs, us = np.nonzero(scene.masks[view] == user + 1)
         pred = render_pixels(field, occ, settings, scene, view, vs, us)
         scores.append(masked_psnr(pred, scene.images[view][vs, us]))
-    return float(np.mean(scores)) if scores else None
+        clean = clean_view(scene, view) if against_clean else None
+        if clean is not None:
+            scene_scores.append(masked_psnr(pred, clean[vs, us]))
+    leak = float(np.mean(scores)) if scores else None
+    if not against_clean:
+        return leak
+    return leak, (float(np.mean(scene_scores)) if scene_scores and len(scene_scores) == len(scores) else None)
 
 
 def clean_view(scene: Scene, view: int) -> np.ndarray | None:
