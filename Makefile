@@ -42,6 +42,8 @@ bench: setup
 	$(BIN)/python benchmarks/crowd_presets.py
 	$(BIN)/python benchmarks/secagg_bias.py
 	$(BIN)/python benchmarks/decentnerf.py --study demo5 --scene builtin --rounds 4 --local-epochs 1.0
+	$(BIN)/python benchmarks/decentnerf.py --study main --scene lego --rounds 10 --local-epochs 0.05 --set eval_every=5
+	$(BIN)/python benchmarks/decentnerf.py --study ablation --scene lego --rounds 10 --local-epochs 0.025 --set eval_every=5
 	$(BIN)/python benchmarks/split.py --scene lego --steps 500 --grid short --no-transport
 	$(BIN)/python benchmarks/split.py --scene fern --steps 300 --views 3 --grid short --no-transport
 	$(BIN)/python benchmarks/split.py --scene builtin --only transport

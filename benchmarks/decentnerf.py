@@ -74,7 +74,8 @@ def main() -> int:
     p.add_argument("--scene", default="lego", help="lego (400 px, needs ../shared/data) or builtin")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--local-epochs", type=float, default=0.05)
-    p.add_argument("--aggregators", nargs="+", default=None)
+    p.add_argument("--aggregators", nargs="+", default=None,
+                   help="run only these; their rows replace the same rows of an existing results file")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="FedConfig overrides for every run, e.g. alpha.eta=4 keep_optimizer=true")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-fed")
@@ -108,6 +109,8 @@ def main() -> int:
                    "per_round": [{k: h.get(k) for k in ("round", "psnr", "leakage_psnr", "leakage_scene_psnr", "alpha",
                                                          "round_time_s")}
                                  for h in rounds]}
+            row["commit"] = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+            row["command"] = "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:])
             rows.append(row)
             runs[f"{variant + ' ' if variant else ''}{agg}"] = Path(res["run_dir"])
             print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
@@ -120,7 +123,19 @@ def main() -> int:
     if a.study == "ablation":
         alpha_plots(runs, results / name)
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
-    atomic_write_text(results / f"{name}.json", json.dumps({
+    target = results / f"{name}.json"
+    if a.aggregators and target.exists():
+        # a re-run of some aggregators replaces their rows and keeps the others (each row names its commit)
+        old = json.loads(target.read_text())
+        mine = {(r["variant"], r["aggregator"]) for r in rows}
+        for r in old["rows"]:
+            r.setdefault("commit", old.get("commit"))
+            r.setdefault("command", old.get("command"))
+        order = [r["aggregator"] for r in old["rows"]]
+        rows = [r for r in old["rows"] if (r["variant"], r["aggregator"]) not in mine] + rows
+        rows.sort(key=lambda r: order.index(r["aggregator"]) if r["aggregator"] in order else len(order))
+        started = old["started"]
+    atomic_write_text(target, json.dumps({
         "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
         "command": "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:]), "rounds": a.rounds,
         "local_epochs": a.local_epochs, "rows": rows}, indent=2, default=str) + "\n")

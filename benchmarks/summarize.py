@@ -173,14 +173,16 @@ def fed_tables() -> list[str]:
         r = json.loads(path.read_text())
         out += head(f"{path.stem} (finished {r['finished']}; commit {r['commit']}; `{r['command']}`)",
                     ["variant", "aggregator", "users", "PSNR", "SSIM", "LPIPS", "leakage PSNR",
-                     "person-free reference", "server render vs person-free view", "client steps", "server FLOPs", "client training FLOPs", "MB up per client per round", "wall s"])
+                     "person-free reference", "server render vs person-free view", "client steps", "server FLOPs",
+                     "client training FLOPs", "MB up per client per round", "wall s", "commit"])
         for row in r["rows"]:
             mb = row.get("bytes_up_per_client_per_round")
             out.append(f"| {row['variant'] or ''} | {row['aggregator']} | {row['users']} | {fmt(row['psnr'])} | "
                        f"{fmt(row['ssim'], 3)} | {fmt(row['lpips'], 3)} | {fmt(row['leakage_psnr'])} | "
                        f"{fmt(row.get('leakage_reference_psnr'))} | {fmt(row.get('leakage_scene_psnr'))} | {row['client_steps']} | "
                        f"{row['server_flops']:.3g} | {row['client_training_flops']:.3g} | "
-                       f"{'–' if mb is None else f'{mb / 1e6:.1f}'} | {row['wall_s']:.0f} |")
+                       f"{'–' if mb is None else f'{mb / 1e6:.1f}'} | {row['wall_s']:.0f} | "
+                       f"{row.get('commit', r['commit'])} |")
         out.append("")
     return out
 

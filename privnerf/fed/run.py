@@ -303,10 +303,22 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
 
 
 def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str, Any]:
-    """All users' photos on one trainer with the same model (global + personal field); the same total steps."""
+    """All users' photos on one trainer with the same model (global + personal field); the same total steps.
+
+    Grid learning rates: the federated default (1.0) is ten times the core engine's because averaging users who
+    see different parts of the scene shrinks each voxel's update; one trainer averages nothing, so unless the
+    run set its own rates, centralized trains at the core engine's (0.1). On decentnerf-lego-20 (4,000 steps)
+    the federated rate gave centralized 19.31 dB, below every federated aggregator: not an upper baseline.
+    """
+    from privnerf.fed.config import _default_train
+    from privnerf.train.config import TrainConfig
+
     set_threads(None)
     tc = cfg.client_train_config()
     tc.personal.enabled = True
+    fed_default, core = _default_train().optim, TrainConfig().optim
+    if (tc.optim.lr_density, tc.optim.lr_features) == (fed_default.lr_density, fed_default.lr_features):
+        tc.optim.lr_density, tc.optim.lr_features = core.lr_density, core.lr_features
     scene = harness.train_scene
     per_user = []
     for k in harness.users:
