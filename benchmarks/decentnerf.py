@@ -37,6 +37,7 @@ STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "cent
            "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
            "users": ("leakage-users", ["learned"]),
            "demo5": (None, ["learned", "fedavg", "fednerf", "centralized"])}
+LEGO_RESULTS = {"main": "decentnerf-lego-20", "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users"}
 # demo5: the demo's crowd (built-in scene, 5 users in yaw slices, each with its own person): a quick check
 DEMO5 = dict(scene="builtin", users=5, personal="static")
 
@@ -83,6 +84,9 @@ def main() -> int:
     preset, aggregators = STUDIES[a.study]
     aggregators = a.aggregators or aggregators
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # the code that runs is the code at the start (a commit landing mid-run must not be credited with it)
+    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
+    command = "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:])
     rows, runs = [], {}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for variant, data in crowd_dirs(preset, a.scene, a.out / "crowd"):
@@ -109,20 +113,17 @@ def main() -> int:
                    "per_round": [{k: h.get(k) for k in ("round", "psnr", "leakage_psnr", "leakage_scene_psnr", "alpha",
                                                          "round_time_s")}
                                  for h in rounds]}
-            row["commit"] = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
-            row["command"] = "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:])
+            row["commit"], row["command"] = commit, command
             rows.append(row)
             runs[f"{variant + ' ' if variant else ''}{agg}"] = Path(res["run_dir"])
             print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
                   f"server FLOPs {res['server_flops']:.3g}  ({row['wall_s']:.0f} s)", flush=True)
-    # the issue's names for the lego studies (decentnerf-lego-20, decentnerf-ablation-8, leakage-users)
-    name = STUDIES[a.study][0] if a.scene == "lego" and STUDIES[a.study][0] else f"decentnerf-{a.scene}-{a.study}"
-    if not name.startswith("decentnerf-"):
-        name = f"decentnerf-{name}"
+    # the issue's names for the lego studies
+    name = LEGO_RESULTS.get(a.study) if a.scene == "lego" else None
+    name = name or f"decentnerf-{a.scene}-{a.study}"
     results = ROOT / "benchmarks" / "results"
     if a.study == "ablation":
         alpha_plots(runs, results / name)
-    commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     target = results / f"{name}.json"
     if a.aggregators and target.exists():
         # a re-run of some aggregators replaces their rows and keeps the others (each row names its commit)
@@ -137,7 +138,7 @@ def main() -> int:
         started = old["started"]
     atomic_write_text(target, json.dumps({
         "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-        "command": "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:]), "rounds": a.rounds,
+        "command": command, "rounds": a.rounds,
         "local_epochs": a.local_epochs, "rows": rows}, indent=2, default=str) + "\n")
     print(f"-> {results / name}.json")
     return 0

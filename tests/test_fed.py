@@ -115,16 +115,38 @@ def test_alpha_grows_for_users_whose_weights_lower_everyones_loss():
     d_bad = bad.update_alpha(grad_sum, 1.0, g, 1.0, rule)
     assert d_good < 0 < d_bad
     assert good.state.alpha > 0.5 > bad.state.alpha > 0
-    # renormalisation by the broadcast sum, and a skipped update when the server grew the grids
-    grown = _user_with(0.3, [np.zeros(4, np.float32)])
-    assert grown.update_alpha([np.zeros(8)], 1.0, [np.zeros(8, np.float32)], 0.6, rule) is None
-    assert grown.state.alpha == pytest.approx(0.5)
+    # renormalisation by the broadcast sum, and a skipped update when last round's weights cannot be matched
+    odd = _user_with(0.3, [np.zeros(4, np.float32)])
+    assert odd.update_alpha([np.zeros(8)], 1.0, [np.zeros(8, np.float32)], 0.6, rule) is None
+    assert odd.state.alpha == pytest.approx(0.5)
     # centred vs the paper's raw gradient differ by <sumG, g>
     g1 = [np.array([1.0, 0, 0, 0], np.float32)]
     c = _user_with(0.5, [np.array([1.0, 0, 0, 0], np.float32)]).update_alpha(grad_sum, 1.0, g1, 1.0, rule)
     r = _user_with(0.5, [np.array([1.0, 0, 0, 0], np.float32)]).update_alpha(
         grad_sum, 1.0, g1, 1.0, AlphaRule(gradient="raw"))
     assert c == pytest.approx(0.0) and r == pytest.approx(1.0)
+
+
+def test_alpha_update_runs_across_a_grid_growth():
+    """When the server grew the grids since last round, the user's own grids are regridded as the server grew
+    the aggregate (DenseGrid.resample, same box), and the update uses that difference instead of skipping."""
+    from privnerf.fields.encoding import DenseGrid, regrid_values
+
+    gen = torch.Generator().manual_seed(0)
+    aabb = torch.tensor([[-1.0, -2.0, 0.0], [1.0, 2.0, 3.0]])
+    old_agg, mine = torch.randn(4, 5, 3, 2, generator=gen), torch.randn(4, 5, 3, 2, generator=gen)
+    grid = DenseGrid((4, 5, 3), 2, aabb)
+    grid.data = torch.nn.Parameter(old_agg.clone())
+    grid.resample((7, 9, 5))  # the server's growth step
+    grown = grid.data.detach()
+    torch.testing.assert_close(regrid_values(old_agg, (7, 9, 5)), grown, atol=1e-5, rtol=0)
+    grad_sum = [torch.randn(7, 9, 5, 2, generator=gen).double().numpy(), np.array([0.5])]
+    mlp_prev, mlp_now = np.array([1.0], np.float32), np.array([0.25], np.float32)
+    user = _user_with(0.5, [mine.numpy(), mlp_prev])
+    d = user.update_alpha(grad_sum, 1.0, [grown.numpy(), mlp_now], 1.0, AlphaRule(eta=0.1))
+    expected = float((grad_sum[0] * (regrid_values(mine - old_agg, (7, 9, 5))).double().numpy()).sum()) + 0.5 * 0.75
+    assert d == pytest.approx(expected, rel=1e-4)
+    assert user.state.alpha != pytest.approx(0.5)
 
 
 # -- message schema --------------------------------------------------------------------------------------
@@ -184,3 +206,24 @@ def test_baseline_server_rejects_nan_and_misshapen_updates(caplog, tmp_path):
     text = caplog.text
     assert "node 101" in text and "NaN/Inf" in text and "rejected" in text
     assert "node 102" in text and "shape" in text
+
+
+def test_clients_scale_the_grid_learning_rate_and_centralized_does_not():
+    """Federated clients train the global grids at client_lr_scale x the configured rate (averaging dilutes their
+    updates); the centralized baseline, which averages nothing, trains at the configured rate."""
+    from privnerf.fed.config import FedConfig
+
+    cfg = FedConfig(data="unused")
+    base = (cfg.train.optim.lr_density, cfg.train.optim.lr_features)
+    for agg in ("learned", "fedavg", "fednerf"):
+        cfg.aggregator = agg
+        o = cfg.client_train_config().optim
+        assert (o.lr_density, o.lr_features) == (base[0] * cfg.client_lr_scale, base[1] * cfg.client_lr_scale)
+    assert cfg.client_lr_scale * base[0] == pytest.approx(1.0)  # the measured client rate (docs/decentnerf.md)
+    cfg.aggregator = "centralized"
+    o = cfg.client_train_config().optim
+    assert (o.lr_density, o.lr_features) == base
+    assert cfg.train.optim.lr_density == base[0]  # the config itself is not changed
+    # a JSON round trip (how Deployment Engine apps get the config) keeps the scale
+    cfg.client_lr_scale = 3.0
+    assert FedConfig.from_json(cfg.to_json()).client_lr_scale == 3.0

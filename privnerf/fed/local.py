@@ -38,6 +38,7 @@ import torch
 
 from privnerf.data.scene import Scene
 from privnerf.fed import messages
+from privnerf.fields.encoding import regrid_values
 from privnerf.train.checkpoint import atomic_torch_save
 from privnerf.train.config import TrainConfig
 from privnerf.train.trainer import Trainer
@@ -96,6 +97,16 @@ class UserState:
     alpha_history: list[float] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     """Adam moments of the user's last round (kept when ``keep_optimizer``)."""
+
+
+def _match_grid(prev: np.ndarray, now: np.ndarray) -> np.ndarray | None:
+    """``prev`` as is if it has ``now``'s shape; a grid ``(X, Y, Z, C)`` regridded to ``now``'s resolution;
+    otherwise ``None``."""
+    if np.shape(prev) == np.shape(now):
+        return prev
+    if np.ndim(prev) == 4 and np.ndim(now) == 4 and np.shape(prev)[-1] == np.shape(now)[-1]:
+        return regrid_values(torch.from_numpy(np.asarray(prev, np.float32)), np.shape(now)[:3]).numpy()
+    return None
 
 
 class LocalUser:
@@ -188,11 +199,19 @@ class LocalUser:
     def update_alpha(self, grad_sum: list[np.ndarray], loss_sum: float, global_arrays: list[np.ndarray],
                      alpha_sum: float, rule: AlphaRule) -> float | None:
         """DecentNeRF's Alpha-Update on the device; returns ``d_k`` (or ``None`` if skipped: no previous
-        weights, or the server grew the grids since)."""
+        weights, or they cannot be matched to the received ones).
+
+        When the server grew the grids since last round, the user's own grids are regridded the way the
+        server grew the aggregate (trilinear, same box), so ``g_k - g`` is the regridded difference of last
+        round's weights. (Skipping those rounds instead left the update to half of a 10-round run, the grids
+        growing at 10-40% of the rounds.)"""
         if alpha_sum > 0:
             self.state.alpha /= alpha_sum  # back onto the simplex
         prev = self.state.previous_global
-        if prev is None or any(np.shape(a) != np.shape(b) for a, b in zip(prev, global_arrays)):
+        if prev is None or len(prev) != len(global_arrays):
+            return None
+        prev = [_match_grid(a, b) for a, b in zip(prev, global_arrays)]
+        if any(a is None for a in prev):
             return None
         d = 0.0
         for gs, gk, g in zip(grad_sum, prev, global_arrays):

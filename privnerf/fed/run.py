@@ -69,8 +69,10 @@ class Harness:
         self.rounds_path = run_dir / "rounds.jsonl"
         self.history: list[dict[str, Any]] = []
         # what a perfect person-free model scores on the leakage measure (None for crowds without clean copies)
-        ref = [person_free_psnr(self.train_scene, k, cfg.leakage_views) for k in self.users]
-        self.leakage_reference = float(np.mean(ref)) if ref and all(r is not None for r in ref) else None
+        # (averaged, like leakage, over the users that have personal views)
+        ref = [r for r in (person_free_psnr(self.train_scene, k, cfg.leakage_views) for k in self.users)
+               if r is not None]
+        self.leakage_reference = float(np.mean(ref)) if ref else None
 
     def field(self):
         return self.reference.field
@@ -107,9 +109,9 @@ class Harness:
                 uf = self._scratch_field()
                 load_global(uf, individual[k])
                 uocc, us = self.settings(uf)
-                leak[k] = personal_content_psnr(uf, uocc, us, self.train_scene, k, cfg.leakage_views, True)
+                leak[k] = personal_content_psnr(uf, uocc, us, self.train_scene, k, cfg.leakage_views)
             else:
-                leak[k] = personal_content_psnr(field, occ, settings, self.train_scene, k, cfg.leakage_views, True)
+                leak[k] = personal_content_psnr(field, occ, settings, self.train_scene, k, cfg.leakage_views)
         vals = [v[0] for v in leak.values() if v[0] is not None]
         behind = [v[1] for v in leak.values() if v[1] is not None]
         out["leakage_psnr"] = float(np.mean(vals)) if vals else None
@@ -303,22 +305,11 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
 
 
 def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str, Any]:
-    """All users' photos on one trainer with the same model (global + personal field); the same total steps.
-
-    Grid learning rates: the federated default (1.0) is ten times the core engine's because averaging users who
-    see different parts of the scene shrinks each voxel's update; one trainer averages nothing, so unless the
-    run set its own rates, centralized trains at the core engine's (0.1). On decentnerf-lego-20 (4,000 steps)
-    the federated rate gave centralized 19.31 dB, below every federated aggregator: not an upper baseline.
-    """
-    from privnerf.fed.config import _default_train
-    from privnerf.train.config import TrainConfig
-
+    """All users' photos on one trainer with the same model (global + personal field); the same total steps, at
+    the unscaled grid learning rates (``FedConfig.client_lr_scale`` applies to federated clients only)."""
     set_threads(None)
     tc = cfg.client_train_config()
     tc.personal.enabled = True
-    fed_default, core = _default_train().optim, TrainConfig().optim
-    if (tc.optim.lr_density, tc.optim.lr_features) == (fed_default.lr_density, fed_default.lr_features):
-        tc.optim.lr_density, tc.optim.lr_features = core.lr_density, core.lr_features
     scene = harness.train_scene
     per_user = []
     for k in harness.users:

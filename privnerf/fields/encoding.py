@@ -145,6 +145,18 @@ class DenseGrid(nn.Module):
         )
 
 
+@torch.no_grad()
+def regrid_values(values: torch.Tensor, resolution) -> torch.Tensor:
+    """``(X, Y, Z, C)`` grid values resampled trilinearly to ``resolution`` over the same box (corners on
+    corners, as :meth:`DenseGrid.resample` does when the box is kept): ``(X', Y', Z', C)``. Linear in
+    ``values``, so the difference of two regridded grids is the regridded difference."""
+    res = tuple(int(r) for r in resolution)
+    axes = [torch.linspace(0.0, float(values.shape[i] - 1), res[i], dtype=values.dtype) for i in range(3)]
+    idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    out = torch.cat([trilinear_torch(values, chunk) for chunk in idx.split(1 << 20)])
+    return out.reshape(*res, values.shape[-1])
+
+
 def positional_encoding(x: torch.Tensor, n_freqs: int, include_input: bool = True) -> torch.Tensor:
     """NeRF's sin/cos encoding: ``(n, d)`` → ``(n, d * (2 * n_freqs + include_input))``."""
     if n_freqs == 0:

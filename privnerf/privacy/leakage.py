@@ -65,27 +65,31 @@ def personal_views(scene: Scene, user: int, max_views: int | None = None) -> lis
     return views[:max_views] if max_views else views
 
 
-def personal_content_psnr(field, occ, settings: RenderSettings, scene: Scene, user: int,
-                          max_views: int | None = 3, against_clean: bool = False):
-    """Mean PSNR over the user's views inside its personal-content mask (``None`` if it has no such view).
-
-    With ``against_clean`` returns ``(leakage, scene_psnr)``: the second scores the same render against the
-    person-free copy of the view (``None`` without clean copies). A render that shows the place behind the
-    person scores high there and low on leakage; one that shows the person, the other way round; a blurred
-    render scores middling on both (which is why leakage alone, against its reference, is hard to read).
-    """
-    scores, scene_scores = [], []
+def _personal_pixels(scene: Scene, user: int, max_views: int | None):
+    """``(view, vs, us)`` for each of the user's views with its personal content: the pixels of its mask."""
     for view in personal_views(scene, user, max_views):
         vs, us = np.nonzero(scene.masks[view] == user + 1)
+        yield view, vs, us
+
+
+def personal_content_psnr(field, occ, settings: RenderSettings, scene: Scene, user: int,
+                          max_views: int | None = 3) -> tuple[float | None, float | None]:
+    """``(leakage, scene_psnr)`` for one user: the mean PSNR over its views inside its personal-content mask
+    against its photos (``None`` if it has no such view), and the same renders against the person-free copies
+    (``None`` without clean copies). A render that shows the place behind the person scores high on the second
+    and low on leakage; one that shows the person, the other way round; a blurred render scores middling on
+    both (which is why leakage alone, against its reference, is hard to read).
+    """
+    scores, scene_scores = [], []
+    for view, vs, us in _personal_pixels(scene, user, max_views):
         pred = render_pixels(field, occ, settings, scene, view, vs, us)
         scores.append(masked_psnr(pred, scene.images[view][vs, us]))
-        clean = clean_view(scene, view) if against_clean else None
+        clean = clean_view(scene, view)
         if clean is not None:
             scene_scores.append(masked_psnr(pred, clean[vs, us]))
-    leak = float(np.mean(scores)) if scores else None
-    if not against_clean:
-        return leak
-    return leak, (float(np.mean(scene_scores)) if scene_scores and len(scene_scores) == len(scores) else None)
+    if not scores:
+        return None, None
+    return float(np.mean(scores)), (float(np.mean(scene_scores)) if len(scene_scores) == len(scores) else None)
 
 
 def clean_view(scene: Scene, view: int) -> np.ndarray | None:
@@ -107,12 +111,12 @@ def clean_view(scene: Scene, view: int) -> np.ndarray | None:
 
 def person_free_psnr(scene: Scene, user: int, max_views: int | None = 3) -> float | None:
     """The leakage a perfect person-free model would score: the mean over the same views as
-    :func:`personal_content_psnr` of the masked PSNR of the clean copy (``None`` without clean copies)."""
+    :func:`personal_content_psnr` of the masked PSNR of the clean copy (``None`` without clean copies or
+    without personal views)."""
     scores = []
-    for view in personal_views(scene, user, max_views):
+    for view, vs, us in _personal_pixels(scene, user, max_views):
         clean = clean_view(scene, view)
         if clean is None:
             return None
-        vs, us = np.nonzero(scene.masks[view] == user + 1)
         scores.append(masked_psnr(clean[vs, us], scene.images[view][vs, us]))
     return float(np.mean(scores)) if scores else None
