@@ -69,6 +69,30 @@ def alpha_plots(runs: dict[str, Path], stem: Path) -> None:
         plot_alpha(rounds, stem.with_name(f"{stem.name}-alpha-{name.replace(' ', '-')}.png"), title=name)
 
 
+def users_plot(rows: list[dict], out: Path) -> None:
+    """Leakage (and its person-free reference, and the scene score of the same renders) against the number
+    of users, the paper's Fig. 7c left."""
+    import matplotlib.pyplot as plt
+
+    from privnerf.data.io import save_figure
+
+    rows = sorted(rows, key=lambda r: r["users"])
+    n = [r["users"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for key, label in (("leakage_psnr", "leakage (server render vs photo, in the person mask)"),
+                       ("leakage_reference_psnr", "person-free reference"),
+                       ("leakage_scene_psnr", "server render vs person-free view")):
+        pts = [(k, r[key]) for k, r in zip(n, rows) if r.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+    ax.set_xlabel("users")
+    ax.set_ylabel("PSNR inside the personal masks (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=list(STUDIES), default="main")
@@ -124,6 +148,8 @@ def main() -> int:
     results = ROOT / "benchmarks" / "results"
     if a.study == "ablation":
         alpha_plots(runs, results / name)
+    if a.study == "users":
+        users_plot(rows, results / f"{name}.png")
     target = results / f"{name}.json"
     if a.aggregators and target.exists():
         # a re-run of some aggregators replaces their rows and keeps the others (each row names its commit)
