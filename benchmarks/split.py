@@ -207,19 +207,22 @@ def fit_width(img, max_width: int = FIGURE_MAX_WIDTH):
     return np.round(blocks).astype(np.uint8)
 
 
-def reattack(scene: str, folder: Path) -> None:
+def reattack(scene: str, folder: Path, leaked: tuple[int, ...] = (0,), only: set[str] | None = None) -> None:
     """Re-run ``evaluate_attack`` on each run of ``folder`` whose tag has a row in ``split-<scene>.json`` and
-    replace that row's ``attack`` block; the row keeps its training provenance and gains ``attack_provenance``
-    (an offline attack needs only the server's saved state)."""
+    replace that row's ``attack`` block (``leaked`` 0), or its ``sa_sma.leaked[N]`` block (SA-SMA with N leaked
+    training photos); the row keeps its training provenance and the block gains ``provenance`` (an offline
+    attack needs only the server's saved state)."""
     from privnerf.split.run import evaluate_attack
 
     res_path = ROOT / "benchmarks" / "results" / f"split-{scene}.json"
     result = json.loads(res_path.read_text())
-    command = f"python benchmarks/split.py --scene {scene} --reattack {folder}"
+    command = f"python benchmarks/split.py --scene {scene} --reattack {folder}" + (
+        f" --leaked {' '.join(map(str, leaked))}" if tuple(leaked) != (0,) else "") + (
+        f" --only {','.join(sorted(only))}" if only else "")
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     if not Path(folder).is_dir():
         sys.exit(f"--reattack {folder}: not a folder (expected outputs/bench-split/<scene>/<time>)")
-    runs = sorted(d for d in Path(folder).iterdir() if (d / "config.json").exists())
+    runs = sorted(d for d in Path(folder).iterdir() if (d / "config.json").exists() and (not only or d.name in only))
     if not runs:
         sys.exit(f"{folder}: no split runs (folders with config.json) in it")
     for run_dir in runs:
@@ -227,15 +230,20 @@ def reattack(scene: str, folder: Path) -> None:
         if row is None:
             print(f"{run_dir.name}: no row in {res_path.name}, skipped", flush=True)
             continue
-        t0 = time.perf_counter()
-        row["attack"] = evaluate_attack(run_dir, quiet=True)
-        row["attack_provenance"] = {"commit": commit, "command": command,
-                                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        at = row["attack"]
-        print(f"{run_dir.name}: " + "  ".join(f"{k} {v['psnr']:.2f} (calibrated {v['calibrated_psnr']:.2f})"
-                                             for k, v in at.items() if isinstance(v, dict) and "psnr" in v)
-              + f"  const {at['constant_colour_psnr']:.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-        atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
+        for n in leaked:
+            t0 = time.perf_counter()
+            at = evaluate_attack(run_dir, leaked=n, quiet=True)
+            prov = {"commit": commit, "command": command,
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if n == 0:
+                row["attack"], row["attack_provenance"] = at, prov
+            else:
+                row.setdefault("sa_sma", {}).setdefault("leaked", {})[str(n)] = {**at, "provenance": prov}
+            print(f"{run_dir.name} (leaked {n}): " + "  ".join(
+                f"{k} {v['psnr']:.2f} (calibrated {v['calibrated_psnr']:.2f})"
+                for k, v in at.items() if isinstance(v, dict) and "psnr" in v)
+                + f"  const {at['constant_colour_psnr']:.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            atomic_write_text(res_path, json.dumps(result, indent=2, default=float) + "\n")
     plot(result, res_path.with_name(f"split-{scene}-tradeoff.png"))
     print(f"wrote {res_path}")
 
@@ -248,14 +256,16 @@ def main() -> None:
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--grid", default="full", choices=["full", "short"])
     p.add_argument("--no-transport", action="store_true", help="skip the transport timing")
-    p.add_argument("--only", default=None, help="comma-separated run tags (re-run a subset, merging results)")
+    p.add_argument("--only", default=None, help="comma-separated run tags (re-run a subset, merging results; with --reattack: re-score only these)")
     p.add_argument("--label", default=None, help="renders figure suffix (default: 'partial' with --only)")
     p.add_argument("--reattack", type=Path, default=None,
                    help="re-score the attacks of an earlier bench output folder (outputs/bench-split/<scene>/<time>)"
                         " with the current attack code and merge them into the matching rows; trains nothing")
+    p.add_argument("--leaked", type=int, nargs="+", default=[0],
+                   help="with --reattack: 0 = the attacks without photos; N > 0 = SA-SMA with N leaked training photos")
     a = p.parse_args()
     if a.reattack:
-        reattack(a.scene, a.reattack)
+        reattack(a.scene, a.reattack, tuple(a.leaked), set(a.only.split(",")) if a.only else None)
         return
     if a.only and not a.label:
         a.label = "partial"

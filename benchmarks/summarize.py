@@ -223,13 +223,29 @@ def split_tables() -> list[str]:
         for tag, row in r["split"].items():
             a = row.get("attack", {})
             rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
-            direction = (f"{fmt(a['direction']['psnr'])} / {fmt(a['direction_colour']['psnr'])}"
-                         if "direction" in a else "–")
+            direction = "–"
+            if "direction" in a:
+                other = a["direction"].get("psnr_other_sign")
+                direction = (fmt(a["direction"]["psnr"]) + (f" (other sign {fmt(other)})" if other is not None else "")
+                             + f" / {fmt(a['direction_colour']['psnr'])}")
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
                        f"{fmt(sm.get('psnr'))} | {direction} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
                        f"{fmt(strongest_attack(row, 'calibrated_psnr'))} | {fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
                        f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} | {ref(row)} |")
         if r["split"]:
+            out.append("")
+        sa = [(tag, n, row, {"provenance": row["sa_sma"].get("provenance"), **at}) for tag, row in r["split"].items()
+              for n, at in sorted(row.get("sa_sma", {}).get("leaked", {}).items(), key=lambda x: int(x[0]))]
+        if sa:
+            out += head(f"{path.stem}: SA-SMA, the attack heads fine-tuned on leaked training photos (server grids "
+                        "frozen)", ["run", "leaked photos", "utility PSNR", "SMA + photos", "replay + photos",
+                                    "calibrated (best)", "constant colour", "commit"])
+            for tag, n, row, at in sa:
+                best = max((v["calibrated_psnr"] for v in at.values() if isinstance(v, dict) and "calibrated_psnr" in v),
+                           default=None)
+                out.append(f"| {tag} | {n} | {fmt(row['psnr'])} | {fmt(at.get('sma', {}).get('psnr'))} | "
+                           f"{fmt(at.get('replay', {}).get('psnr'))} | {fmt(best)} | {fmt(row['constant_colour_psnr'])} | "
+                           f"{ref({'provenance': at['provenance']})} |")
             out.append("")
         if commands:
             out += [f"- [{n}] {text}" for text, n in commands.items()] + [""]
