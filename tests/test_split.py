@@ -395,6 +395,10 @@ def test_split_run_scores_the_server_reading_its_own_grids(tmp_path):
     direction = attack["direction"]
     best = max(direction["psnr"], direction["psnr_other_sign"])
     assert best > const + 2.0, (direction["psnr"], direction["psnr_other_sign"], const)
+    # the photo-free depth rule names one of the two signs and scores that sign's render
+    assert direction["depth_rule_sign"] in (1, -1)
+    assert direction["depth_rule_psnr"] == (direction["psnr"] if direction["depth_rule_sign"] > 0
+                                            else direction["psnr_other_sign"])
     assert len(attack["direction"]["psnr_per_direction"]) == 3
     saved = json.loads((tmp_path / "run" / "attack" / "attack-leaked-0.json").read_text())
     assert saved["direction"]["psnr"] == attack["direction"]["psnr"]

@@ -352,17 +352,45 @@ def server_activations(trainer, origins: torch.Tensor, dirs: torch.Tensor, infer
 
 
 @torch.no_grad()
-def render_with_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: int,
-                     chunk: int = 16384) -> np.ndarray:
-    """Render a view with the server's grids and ``head`` (a surrogate): ``(h, w, 3)`` in [0, 1]."""
+def _render_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: int, keys: tuple[str, ...],
+                 chunk: int = 16384) -> dict[str, torch.Tensor]:
     from privnerf.render.renderer import render_image_rays
 
     def rays(o: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
         hh, s = server_activations(trainer, o.to(trainer.device), d.to(trainer.device))
         s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
-        return {"rgb": render_activations(head, shift, hh.cpu(), s, d.cpu(), trainer.background.cpu())["rgb"]}
+        out = render_activations(head, shift, hh.cpu(), s, d.cpu(), trainer.background.cpu())
+        return {k: out[k] for k in keys}
 
-    return render_image_rays(rays, c2w, intrinsics, h, w, "cpu", chunk)["rgb"].clamp(0, 1).numpy()
+    return render_image_rays(rays, c2w, intrinsics, h, w, "cpu", chunk)
+
+
+def render_with_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: int,
+                     chunk: int = 16384) -> np.ndarray:
+    """Render a view with the server's grids and ``head`` (a surrogate): ``(h, w, 3)`` in [0, 1]."""
+    return _render_head(trainer, head, shift, c2w, intrinsics, h, w, ("rgb",), chunk)["rgb"].clamp(0, 1).numpy()
+
+
+@torch.no_grad()
+def orient_by_depth(trainer, grid_cfg, directions: torch.Tensor, shift: float, c2w, intrinsics, h: int, w: int,
+                    index: int = 0, downscale: int = 4) -> tuple[int, float, float]:
+    """The sign of ``directions[index]``, read as density, under which one camera's rays stop *later*; needs a
+    pose, no photo. Read with the wrong sign, the free space the client cleared turns opaque and stops rays at
+    the first voxels they cross. Renders at ``1/downscale`` resolution; a ray's stop is its expected
+    distance, the light that passes through counted at the farthest stop of either render. Returns
+    ``(sign, mean stop with +d, mean stop with -d)``."""
+    k = torch.as_tensor(intrinsics, dtype=torch.float32) / downscale
+    hh, ww = max(h // downscale, 1), max(w // downscale, 1)
+    renders = []
+    for sign in (1.0, -1.0):
+        head = direction_head(grid_cfg, sign * directions, index)
+        out = _render_head(trainer, head, shift, c2w, k, hh, ww, ("opacity", "depth"))
+        renders.append((out["opacity"].clamp(0, 1), out["depth"]))
+    finite = [d[torch.isfinite(d)] for _, d in renders]
+    far = max((float(f.max()) for f in finite if f.numel()), default=1.0)
+    means = [float(torch.where(torch.isfinite(d), op * d + (1 - op) * far, torch.full_like(d, far)).mean())
+             for op, d in renders]
+    return (1 if means[0] >= means[1] else -1), means[0], means[1]
 
 
 def grid_directions(field, max_voxels: int = 400_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,7 +409,7 @@ def grid_directions(field, max_voxels: int = 400_000, seed: int = 0) -> tuple[to
     is thin: after 60 steps on tiny lego the median projection is -0.1 to -0.2 against quartiles near +-1.3, and
     on another machine's floating point it came out positive, 9.5 dB instead of 13.0. So runs also score the
     other sign, ``psnr_other_sign``: the grids show the scene up to one bit, which a person settles by looking
-    at the two renders.) Uncentred SVD on up to ``max_voxels`` moved voxels."""
+    at the two renders, and a second photo-free rule, :func:`orient_by_depth`, ``depth_rule_*``.) Uncentred SVD on up to ``max_voxels`` moved voxels."""
     v = torch.cat([field.density_grid.data.detach().reshape(-1, 1),
                    field.feature_grid.data.detach().reshape(-1, field.feature_grid.data.shape[-1])], dim=1).double()
     v = v[v.abs().sum(1) > 0]

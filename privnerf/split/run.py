@@ -38,6 +38,7 @@ from privnerf.privacy.split_attack import (
     constant_colour_psnr,
     direction_head,
     finetune_on_leaked,
+    orient_by_depth,
     grid_directions,
     make_attacks,
     psnr_over,
@@ -237,9 +238,14 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
         # the first direction is scored too: the grids give the scene away up to this one bit, which an
         # attacker settles by looking at the two renders.
         flipped = score(direction_head(grid_cfg, -directions, 0), "direction-0-other-sign")
+        # a second sign rule that uses a training pose and no photo: the sign under which rays stop later
+        sign, stop_kept, stop_other = orient_by_depth(trainer, grid_cfg, directions, shift, train_scene.c2w[0],
+                                                      train_scene.intrinsics[0], *train_scene.hw(0))
         out["direction"] = {**per[0], "psnr_per_direction": [d["psnr"] for d in per],
                             "calibrated_per_direction": [d["calibrated_psnr"] for d in per],
                             "psnr_other_sign": flipped["psnr"], "calibrated_other_sign": flipped["calibrated_psnr"],
+                            "depth_rule_sign": sign, "depth_rule_psnr": per[0]["psnr"] if sign > 0 else flipped["psnr"],
+                            "depth_rule_stops": [stop_kept, stop_other],
                             "singular_values": [float(x) for x in singular]}
         out["direction_colour"] = score(direction_head(grid_cfg, directions, 0, colour=True), "direction-0-colour")
     for attack in attacks:
