@@ -225,8 +225,10 @@ def split_tables() -> list[str]:
             rp, sm, g = a.get("replay", {}), a.get("sma", {}), a.get("geometry_only", {})
             direction = "–"
             if "direction" in a:
-                other = a["direction"].get("psnr_other_sign")
-                direction = (fmt(a["direction"]["psnr"]) + (f" (other sign {fmt(other)})" if other is not None else "")
+                other, rule = a["direction"].get("psnr_other_sign"), a["direction"].get("depth_rule_sign")
+                note = [f"other sign {fmt(other)}"] if other is not None else []
+                note += [f"depth rule: {'same' if rule > 0 else 'other'}"] if rule is not None else []
+                direction = (fmt(a["direction"]["psnr"]) + (f" ({'; '.join(note)})" if note else "")
                              + f" / {fmt(a['direction_colour']['psnr'])}")
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
                        f"{fmt(sm.get('psnr'))} | {direction} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "

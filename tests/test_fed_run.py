@@ -117,3 +117,40 @@ def test_decentnerf_run_is_private_resumable_and_complete(tiny_crowd, tmp_path):
                 seen["weights" if len(tail) == 2 else "grads"] += 1
     # rounds 2-3 (after the restart) alone give 3 users x 2 weight sums and 3 x 2 gradient sums
     assert seen["weights"] >= 6 and seen["grads"] >= 6, seen
+
+
+def test_centralized_baseline_checkpoints_and_resumes(tiny_crowd, tmp_path, monkeypatch):
+    """The centralized baseline is a long single job: killed mid-way it resumes from its checkpoint (weights,
+    optimizer, sampler state and the sample counts behind its FLOPs) and ends where an uninterrupted run
+    ends; a finished run is not overwritten without --resume."""
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.run import run_federated
+    from privnerf.train.trainer import Trainer
+
+    def cfg(out: Path, resume: bool = False) -> FedConfig:
+        c = FedConfig(data=str(tiny_crowd), aggregator="centralized", rounds=1, local_epochs=1.0, output=out,
+                      eval_max_images=1, leakage_views=1, resume=resume)
+        c.train.optim.batch_rays = 512
+        c.train.checkpoint_every_s = 0.0  # a checkpoint after every step
+        return c
+
+    whole = run_federated(cfg(tmp_path / "whole"), quiet=True)
+    step = Trainer.step
+    calls = {"n": 0}
+
+    def dies_at_step_4(self, batch=None):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_federated(cfg(tmp_path / "cut"), quiet=True)
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(FileExistsError):
+        run_federated(cfg(tmp_path / "cut"), quiet=True)
+    resumed = run_federated(cfg(tmp_path / "cut", resume=True), quiet=True)
+    assert resumed["client_steps"] == whole["client_steps"] > 4
+    assert resumed["client_training_flops"] == pytest.approx(whole["client_training_flops"], rel=1e-6)
+    assert resumed["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)

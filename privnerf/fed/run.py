@@ -207,7 +207,8 @@ def prepare_run(cfg: FedConfig) -> Path:
     fields (``state_dir``, ``num_users``) and write ``config.json``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     run_dir = Path(cfg.output) if cfg.output is not None else default_run_dir(cfg)
-    if (run_dir / "server" / "state.pt").exists() and not cfg.resume:
+    held = (run_dir / "server" / "state.pt").exists() or (run_dir / "checkpoints" / "last.pt").exists()
+    if held and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a federated run; pass --resume or choose another --output")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.output = run_dir
@@ -318,16 +319,34 @@ def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str,
     tc.steps = cfg.rounds * sum(per_user)
     tc.max_time = None
     trainer = Trainer(tc, scene, harness.run_dir)
-    rays = samples = 0.0
-    t0 = time.perf_counter()
+    # a long job: checkpoint (with the sample counts the FLOPs come from) every checkpoint_every_s, resume
+    ckpt, counts_path = harness.run_dir / "checkpoints" / "last.pt", harness.run_dir / "checkpoints" / "counts.json"
+    counts = {"rays": 0.0, "samples": 0.0, "train_time_s": 0.0}
+    if cfg.resume and ckpt.exists() and counts_path.exists():
+        trainer.load_checkpoint(ckpt)
+        counts = json.loads(counts_path.read_text())
+    elif cfg.resume and ckpt.exists():
+        raise FileNotFoundError(f"{counts_path}: missing beside {ckpt}; cannot resume the centralized run's counts")
+
+    def save() -> None:
+        trainer.save_checkpoint()
+        atomic_write_text(counts_path, json.dumps(counts) + "\n")
+
     from tqdm.auto import tqdm
 
-    for _ in tqdm(range(tc.steps), disable=quiet, desc="centralized"):
+    last = time.perf_counter()
+    for _ in tqdm(range(trainer.step_count, tc.steps), disable=quiet, desc="centralized", initial=trainer.step_count,
+                  total=tc.steps):
+        t0 = time.perf_counter()
         st = trainer.step()
-        rays += st["rays"]
-        samples += st["samples"]
-    train_time = time.perf_counter() - t0
-    trainer.save_checkpoint()
+        counts["train_time_s"] += time.perf_counter() - t0
+        counts["rays"] += st["rays"]
+        counts["samples"] += st["samples"]
+        if time.perf_counter() - last > tc.checkpoint_every_s:
+            save()
+            last = time.perf_counter()
+    save()
+    rays, samples, train_time = counts["rays"], counts["samples"], counts["train_time_s"]
     info = {"round": cfg.rounds, "aggregator": "centralized", "client_train_time_s": [train_time],
             "local_steps": [tc.steps], "client_samples": [samples], "client_rays": [rays]}
     info.update(harness.measure(cfg.rounds, trainer.field, None, final=True))
