@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from privnerf.data.crowd import generate_crowd, load_crowd_source, preset_variants, write_crowd  # noqa: E402
 from privnerf.data.crowd.presets import BUILTIN_PRESET_SCENE  # noqa: E402
 from privnerf.fed.config import FedConfig  # noqa: E402
-from privnerf.fed.run import run_federated  # noqa: E402
+from privnerf.fed.local import load_dataset  # noqa: E402
+from privnerf.fed.run import run_federated, user_ids  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
 STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized"]),
@@ -76,7 +77,8 @@ def users_plot(rows: list[dict], out: Path) -> None:
 
     from privnerf.data.io import save_figure
 
-    rows = sorted(rows, key=lambda r: r["users"])
+    # a row whose rounds never formed an aggregate (no server FLOPs: SecAgg+ with one user) has no leakage to show
+    rows = sorted((r for r in rows if r.get("server_flops")), key=lambda r: r["users"])
     n = [r["users"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for key, label in (("leakage_psnr", "leakage (server render vs photo, in the person mask)"),
@@ -101,6 +103,8 @@ def main() -> int:
     p.add_argument("--local-epochs", type=float, default=0.05)
     p.add_argument("--aggregators", nargs="+", default=None,
                    help="run only these; their rows replace the same rows of an existing results file")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="run only these variants of the preset (e.g. users-01); their rows replace the same rows")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="FedConfig overrides for every run, e.g. alpha.eta=4 keep_optimizer=true")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-fed")
@@ -114,7 +118,13 @@ def main() -> int:
     rows, runs = [], {}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for variant, data in crowd_dirs(preset, a.scene, a.out / "crowd"):
-        for agg in aggregators:
+        if a.variants and variant not in a.variants:
+            continue
+        for requested in aggregators:
+            agg = requested
+            if agg in ("learned", "fedavg") and len(user_ids(load_dataset(str(data), "train"))) < 2:
+                # no secure sum of one user (SecAgg+ needs two): the server sees that user's model, as in fednerf
+                agg = "fednerf"
             cfg = FedConfig(data=str(data), aggregator=agg, rounds=a.rounds, local_epochs=a.local_epochs,
                             output=a.out / f"{a.scene}-{a.study}" / stamp / f"{variant or 'run'}-{agg}")
             for kv in a.set:
@@ -138,6 +148,9 @@ def main() -> int:
                                                          "round_time_s")}
                                  for h in rounds]}
             row["commit"], row["command"] = commit, command
+            if agg != requested:
+                row["requested"] = requested
+                row["note"] = f"one user: no secure sum is possible, so {requested} runs as {agg} (the server sees it)"
             rows.append(row)
             runs[f"{variant + ' ' if variant else ''}{agg}"] = Path(res["run_dir"])
             print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
@@ -151,16 +164,18 @@ def main() -> int:
     if a.study == "users":
         users_plot(rows, results / f"{name}.png")
     target = results / f"{name}.json"
-    if a.aggregators and target.exists():
+    if (a.aggregators or a.variants) and target.exists():
         # a re-run of some aggregators replaces their rows and keeps the others (each row names its commit)
         old = json.loads(target.read_text())
-        mine = {(r["variant"], r["aggregator"]) for r in rows}
+        mine = {(r["variant"], r.get("requested", r["aggregator"])) for r in rows}
         for r in old["rows"]:
             r.setdefault("commit", old.get("commit"))
             r.setdefault("command", old.get("command"))
         order = [r["aggregator"] for r in old["rows"]]
-        rows = [r for r in old["rows"] if (r["variant"], r["aggregator"]) not in mine] + rows
-        rows.sort(key=lambda r: order.index(r["aggregator"]) if r["aggregator"] in order else len(order))
+        rows = [r for r in old["rows"] if (r["variant"], r.get("requested", r["aggregator"])) not in mine] + rows
+        variants = [v for v, _ in crowd_dirs(preset, a.scene, a.out / "crowd")]
+        rows.sort(key=lambda r: (variants.index(r["variant"] or ""),
+                                 order.index(r["aggregator"]) if r["aggregator"] in order else len(order)))
         started = old["started"]
     atomic_write_text(target, json.dumps({
         "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,

@@ -154,3 +154,21 @@ def test_centralized_baseline_checkpoints_and_resumes(tiny_crowd, tmp_path, monk
     assert resumed["client_steps"] == whole["client_steps"] > 4
     assert resumed["client_training_flops"] == pytest.approx(whole["client_training_flops"], rel=1e-6)
     assert resumed["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
+
+
+def test_secure_aggregators_refuse_a_single_user(tmp_path):
+    """SecAgg+ needs two parties and a sum of one update is that update: learned/fedavg on a one-user crowd
+    stop before anything is written, with the reason and the alternative."""
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.run import prepare_run
+
+    data = tmp_path / "one"
+    r = subprocess.run([sys.executable, "-m", "privnerf", "data", "crowd", "--scene", "builtin:size=32,n_train=6,n_test=1",
+                        "--users", "1", "--personal", "static", "--out", str(data), "--quiet"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for agg in ("learned", "fedavg"):
+        with pytest.raises(ValueError, match="1 user.*at least 2.*fednerf"):
+            prepare_run(FedConfig(data=str(data), aggregator=agg, output=tmp_path / agg))
+        assert not (tmp_path / agg).exists()
+    assert prepare_run(FedConfig(data=str(data), aggregator="fednerf", output=tmp_path / "f")).exists()

@@ -210,10 +210,15 @@ def prepare_run(cfg: FedConfig) -> Path:
     held = (run_dir / "server" / "state.pt").exists() or (run_dir / "checkpoints" / "last.pt").exists()
     if held and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a federated run; pass --resume or choose another --output")
+    num_users = len(user_ids(load_dataset(cfg.data, "train")))
+    if cfg.aggregator in ("learned", "fedavg") and num_users < 2:
+        # Flower's SecAgg+ refuses fewer than two parties, and a sum of one update is that update
+        raise ValueError(f"{cfg.data}: {num_users} user; secure aggregation ({cfg.aggregator}) needs at least 2 "
+                         "(with one user the server would see its update: use --aggregator fednerf to measure that)")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.output = run_dir
     cfg.state_dir = str(run_dir / "state")
-    cfg.num_users = len(user_ids(load_dataset(cfg.data, "train")))
+    cfg.num_users = num_users
     atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
     return run_dir
 
