@@ -161,8 +161,6 @@ def main() -> int:
     results = ROOT / "benchmarks" / "results"
     if a.study == "ablation":
         alpha_plots(runs, results / name)
-    if a.study == "users":
-        users_plot(rows, results / f"{name}.png")
     target = results / f"{name}.json"
     if (a.aggregators or a.variants) and target.exists():
         # a re-run of some aggregators replaces their rows and keeps the others (each row names its commit)
@@ -177,6 +175,8 @@ def main() -> int:
         rows.sort(key=lambda r: (variants.index(r["variant"] or ""),
                                  order.index(r["aggregator"]) if r["aggregator"] in order else len(order)))
         started = old["started"]
+    if a.study == "users":
+        users_plot(rows, results / f"{name}.png")  # after the merge: every variant's row
     atomic_write_text(target, json.dumps({
         "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
         "command": command, "rounds": a.rounds,
