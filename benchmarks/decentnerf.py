@@ -86,6 +86,10 @@ def users_plot(rows: list[dict], out: Path) -> None:
                        ("leakage_scene_psnr", "server render vs person-free view")):
         pts = [(k, r[key]) for k, r in zip(n, rows) if r.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+    for k, r in zip(n, rows):
+        if r.get("requested"):  # a one-user point: no secure sum, the server sees that user's model
+            ax.annotate(f"runs as {r['aggregator']}", (k, r["leakage_psnr"]), textcoords="offset points",
+                        xytext=(6, -4), fontsize=7)
     ax.set_xlabel("users")
     ax.set_ylabel("PSNR inside the personal masks (dB)")
     ax.grid(alpha=0.3)
