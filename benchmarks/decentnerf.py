@@ -75,7 +75,7 @@ def users_plot(rows: list[dict], out: Path) -> None:
     of users, the paper's Fig. 7c left."""
     import matplotlib.pyplot as plt
 
-    from privnerf.data.io import save_figure
+    from privnerf.eval.report import finish_plot
 
     # a row whose rounds never formed an aggregate (no server FLOPs: SecAgg+ with one user) has no leakage to show
     rows = sorted((r for r in rows if r.get("server_flops")), key=lambda r: r["users"])
@@ -90,13 +90,7 @@ def users_plot(rows: list[dict], out: Path) -> None:
         if r.get("requested"):  # a one-user point: no secure sum, the server sees that user's model
             ax.annotate(f"runs as {r['aggregator']}", (k, r["leakage_psnr"]), textcoords="offset points",
                         xytext=(6, -4), fontsize=7)
-    ax.set_xlabel("users")
-    ax.set_ylabel("PSNR inside the personal masks (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, out, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, out, "users", "PSNR inside the personal masks (dB)", fontsize=7)
 
 
 def main() -> int:

@@ -19,6 +19,17 @@ from privnerf.data.io import save_figure  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
 
+def finish_plot(fig, ax, out: Path, xlabel: str, ylabel: str, **legend) -> None:
+    """Label, grid and legend (``legend`` goes to ``ax.legend``) one line plot, write it to ``out`` and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(**legend)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=110)
+    plt.close(fig)
+
+
 def _plot_curves(rounds: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     r = [h["round"] for h in rounds if h.get("psnr") is not None]
@@ -33,13 +44,7 @@ def _plot_curves(rounds: list[dict], out: Path) -> None:
     ref = next((h["leakage_reference_psnr"] for h in rounds if h.get("leakage_reference_psnr") is not None), None)
     if ref is not None:
         ax.axhline(ref, color="grey", ls=":", label="leakage of a perfect person-free model (reference)")
-    ax.set_xlabel("round")
-    ax.set_ylabel("PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, out, "round", "PSNR (dB)", fontsize=8)
 
 
 def plot_alpha(rounds: list[dict], out: Path, title: str | None = None) -> bool:
@@ -54,13 +59,7 @@ def plot_alpha(rounds: list[dict], out: Path, title: str | None = None) -> bool:
         ax.plot([p[0] for p in pts], [p[1] / t for p, t in zip(pts, total)], "o-", ms=3, label=f"user {u}")
     if title:
         ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.set_ylabel("aggregation weight (normalised)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, out, dpi=110)
-    plt.close(fig)
+    finish_plot(fig, ax, out, "round", "aggregation weight (normalised)", fontsize=7, ncol=2)
     return True
 
 

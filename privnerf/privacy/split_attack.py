@@ -378,7 +378,9 @@ def orient_by_depth(trainer, grid_cfg, directions: torch.Tensor, shift: float, c
     pose, no photo. Read with the wrong sign, the free space the client cleared turns opaque and stops rays at
     the first voxels they cross. Renders at ``1/downscale`` resolution; a ray's stop is its expected
     distance, the light that passes through counted at the farthest stop of either render. Returns
-    ``(sign, mean stop with +d, mean stop with -d)``."""
+    ``(sign, mean stop with +d, mean stop with -d)``. Measured on the default split runs: right on lego (mean
+    stops 4.32 vs 3.26), wrong on forward-facing fern (4.67 vs 3.08 for the veil), so it is reported beside
+    the other rules, not trusted."""
     k = torch.as_tensor(intrinsics, dtype=torch.float32) / downscale
     hh, ww = max(h // downscale, 1), max(w // downscale, 1)
     renders = []
