@@ -65,6 +65,15 @@ GRID = [
     # the default again: the secret head seed is fresh each run, so a second run shows the seed's spread
     ("full-private-s2nerf-c0.1-r1-rerun", "s2nerf", 0.1, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-none-rerun", "none", 0.0, 1.0, {"decoder": "full", "private_head": True}),
+    # the default posture's grid again, now scored by every attack (principal direction, SA-SMA with --leaked):
+    # a second run (fresh secret seed) of each point, so one seed's luck is not read as the noise's effect
+    ("full-private-s2nerf-c0.3-r1-rerun", "s2nerf", 0.3, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-c1-r0.01-rerun", "s2nerf", 1.0, 0.01, {"decoder": "full", "private_head": True}),
+    ("full-private-s2nerf-light-c1-r0.01-rerun", "s2nerf-light", 1.0, 0.01,
+     {"decoder": "full", "private_head": True}),
+    ("full-private-gaussian-c0.1-rerun", "gaussian", 0.1, 1.0, {"decoder": "full", "private_head": True}),
+    ("full-private-prune-0.9-rerun", "prune", 0.0, 1.0,
+     {"decoder": "full", "private_head": True, "prune_ratio": 0.9}),
 ]
 SHORT = ["none", "s2nerf-c0.1-r1", "full-private-none", "full-private-s2nerf-c0.1-r1"]
 """The measured set (BENCHMARKS.md). Runs with c >= 1 take several times longer: early noise becomes density."""
@@ -119,10 +128,19 @@ def split_run(data: str, steps: int, views: int, defense: str, c: float, r: floa
     return res
 
 
-def strongest_attack(row: dict, key: str = "psnr") -> float | None:
-    """The privacy axis: the best any attacker scored (replay, SMA, principal direction, or the server's grids
-    through a guessed head); ``key="calibrated_psnr"`` for the colour-calibrated score."""
+def strongest_attack(row: dict, key: str = "psnr", leaked: int = 0) -> float | None:
+    """The privacy axis: the best any photo-free attacker scored (replay, SMA, principal direction under either
+    sign, or the server's grids through a guessed head); ``key="calibrated_psnr"`` for the colour-calibrated
+    score. ``leaked=N`` takes the best SA-SMA head fine-tuned on N leaked photos instead (None if not run)."""
+    if leaked:
+        at = row.get("sa_sma", {}).get("leaked", {}).get(str(leaked), {})
+        scores = [v[key] for v in at.values() if isinstance(v, dict) and key in v]
+        return max(scores) if scores else None
     scores = [v[key] for v in row.get("attack", {}).values() if isinstance(v, dict) and key in v]
+    # the direction attack's sign is one bit a person settles by looking at both renders (docs/split.md)
+    other = row.get("attack", {}).get("direction", {}).get("psnr_other_sign" if key == "psnr" else "calibrated_other_sign")
+    if other is not None:
+        scores.append(other)
     return max(scores) if scores else None
 
 
@@ -139,6 +157,7 @@ def plot(result: dict, path: Path) -> None:
     runs = result["split"]
     colours = {"none": "k", "s2nerf": "tab:blue", "s2nerf-light": "tab:cyan", "gaussian": "tab:orange",
                "prune": "tab:green"}
+    sa_labelled = False
     for prefix, filled in (("full-private-", True), ("", False)):
         rows = {t: r for t, r in runs.items()
                 if t.startswith("full-private-") == filled and strongest_attack(r) is not None}
@@ -150,6 +169,12 @@ def plot(result: dict, path: Path) -> None:
                        facecolors=colours.get(d, "gray") if filled else "none", zorder=3)
             ax.annotate(tag.removeprefix("full-private-"), (r["psnr"], y), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
+            y1 = strongest_attack(r, leaked=1)
+            if y1 is not None:  # the same run attacked with one leaked photo (SA-SMA): a stronger threat model
+                ax.plot([r["psnr"], r["psnr"]], [y, y1], c=colours.get(d, "gray"), lw=0.6, ls=":", zorder=2)
+                ax.scatter(r["psnr"], y1, s=60, marker="*", c=colours.get(d, "gray"), zorder=3,
+                           label="SA-SMA, 1 leaked photo" if not sa_labelled else None)
+                sa_labelled = True
         for d in colours:
             pts = sorted([(r["psnr"], strongest_attack(r)) for r in rows.values()
                           if r["defense"]["name"] == d and d != "none"], reverse=True)
@@ -164,7 +189,7 @@ def plot(result: dict, path: Path) -> None:
         if tag in result["central"]:
             ax.axvline(result["central"][tag]["psnr"], ls=ls, c="tab:purple", lw=0.8, label=f"centralized {tag}")
     ax.set_xlabel("utility: client test PSNR (dB)")
-    ax.set_ylabel("strongest attacker test PSNR (dB)")
+    ax.set_ylabel("strongest attacker test PSNR (dB); star: with one leaked photo")
     ax.set_title(f"split learning on {result['scene']}, {result['steps']} steps: utility vs privacy")
     ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
@@ -262,7 +287,8 @@ def main() -> None:
                    help="re-score the attacks of an earlier bench output folder (outputs/bench-split/<scene>/<time>)"
                         " with the current attack code and merge them into the matching rows; trains nothing")
     p.add_argument("--leaked", type=int, nargs="+", default=[0],
-                   help="with --reattack: 0 = the attacks without photos; N > 0 = SA-SMA with N leaked training photos")
+                   help="0 = the attacks without photos; N > 0 = also SA-SMA with N leaked training photos (after "
+                        "each training run, or with --reattack on the saved runs)")
     a = p.parse_args()
     if a.reattack:
         reattack(a.scene, a.reattack, tuple(a.leaked), set(a.only.split(",")) if a.only else None)
@@ -308,6 +334,12 @@ def main() -> None:
         res = split_run(data, a.steps, a.views, defense, c, r, extra, out_root / tag, a.rays, kinds=kinds)
         res["wall_s"] = time.perf_counter() - t0
         res["provenance"] = provenance()
+        for n in (n for n in a.leaked if n > 0):
+            from privnerf.split.run import evaluate_attack
+
+            sa = evaluate_attack(out_root / tag, leaked=n, quiet=True)
+            res.setdefault("sa_sma", {}).setdefault("leaked", {})[str(n)] = {**sa, "provenance": provenance()}
+            print(f"{tag}: SA-SMA with {n} leaked photo(s): {strongest_attack(res, leaked=n):.2f} dB", flush=True)
         result["split"][tag] = res
         at = res.get("attack", {})
         print(f"{tag}: utility {res['psnr']:.2f}  replay {at.get('replay', {}).get('psnr', float('nan')):.2f}  "
