@@ -2,9 +2,9 @@
 
 Studies (``--study``), each on the crowd presets of ``privnerf data crowd`` (made here if missing):
 
-* ``main``: ``decentnerf-lego-20``; aggregators learned, fedavg, fednerf, centralized with the same rounds and
-  local epochs (centralized trains the same total steps on one trainer) -> PSNR/SSIM/LPIPS, leakage, server
-  FLOPs, bytes, client time;
+* ``main``: ``decentnerf-lego-20``; aggregators learned, fedavg, fednerf, centralized and oracle with the same
+  rounds and local epochs (centralized and oracle train the same total steps on one trainer; oracle on the
+  person-free copies) -> PSNR/SSIM/LPIPS, leakage, server FLOPs, bytes, client time;
 * ``ablation``: ``decentnerf-ablation-8``; learned vs fedavg, with the alpha trajectories plotted;
 * ``users``: ``leakage-users`` (1..10 users); learned -> final leakage per number of users.
 
@@ -34,10 +34,10 @@ from privnerf.fed.local import load_dataset  # noqa: E402
 from privnerf.fed.run import run_federated, user_ids  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
-STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized"]),
+STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized", "oracle"]),
            "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
            "users": ("leakage-users", ["learned"]),
-           "demo5": (None, ["learned", "fedavg", "fednerf", "centralized"])}
+           "demo5": (None, ["learned", "fedavg", "fednerf", "centralized", "oracle"])}
 LEGO_RESULTS = {"main": "decentnerf-lego-20", "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users"}
 # demo5: the demo's crowd (built-in scene, 5 users in yaw slices, each with its own person): a quick check
 DEMO5 = dict(scene="builtin", users=5, personal="static")

@@ -220,9 +220,10 @@ def test_clients_scale_the_grid_learning_rate_and_centralized_does_not():
         o = cfg.client_train_config().optim
         assert (o.lr_density, o.lr_features) == (base[0] * cfg.client_lr_scale, base[1] * cfg.client_lr_scale)
     assert cfg.client_lr_scale * base[0] == pytest.approx(1.0)  # the measured client rate (docs/decentnerf.md)
-    cfg.aggregator = "centralized"
-    o = cfg.client_train_config().optim
-    assert (o.lr_density, o.lr_features) == base
+    for agg in ("centralized", "oracle"):
+        cfg.aggregator = agg
+        o = cfg.client_train_config().optim
+        assert (o.lr_density, o.lr_features) == base
     assert cfg.train.optim.lr_density == base[0]  # the config itself is not changed
     # a JSON round trip (how Deployment Engine apps get the config) keeps the scale
     cfg.client_lr_scale = 3.0

@@ -172,3 +172,53 @@ def test_secure_aggregators_refuse_a_single_user(tmp_path):
             prepare_run(FedConfig(data=str(data), aggregator=agg, output=tmp_path / agg))
         assert not (tmp_path / agg).exists()
     assert prepare_run(FedConfig(data=str(data), aggregator="fednerf", output=tmp_path / "f")).exists()
+
+
+def test_oracle_trains_on_the_person_free_copies_with_the_same_budget(tiny_crowd, tmp_path, monkeypatch):
+    """The oracle baseline's one trainer gets the crowd's clean copies (not the photos with people), the global
+    field alone, and the step budget of the centralized run; a crowd missing a clean copy is refused before
+    anything is written, naming the file."""
+    import shutil
+
+    from privnerf.data.errors import SceneError
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.local import load_dataset
+    from privnerf.fed.run import prepare_run, run_federated
+    from privnerf.privacy.leakage import clean_view
+    from privnerf.train.trainer import Trainer
+
+    seen = []
+    init = Trainer.__init__
+
+    def spy(self, cfg, scene, *a, **kw):
+        seen.append((cfg.personal.enabled, scene))
+        return init(self, cfg, scene, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+
+    def cfg(agg: str) -> FedConfig:
+        c = FedConfig(data=str(tiny_crowd), aggregator=agg, rounds=1, local_epochs=0.5, output=tmp_path / agg,
+                      eval_max_images=1, leakage_views=1)
+        c.train.optim.batch_rays = 512
+        return c
+
+    oracle = run_federated(cfg("oracle"), quiet=True)
+    personal, scene = next((p, s) for p, s in seen if s.num_views > 2)  # the trainer, not the server's reference
+    assert personal is False
+    photos = load_dataset(str(tiny_crowd), "train")
+    changed = 0
+    for i in range(photos.num_views):
+        np.testing.assert_array_equal(scene.images[i], clean_view(photos, i))
+        changed += not np.array_equal(photos.images[i], scene.images[i])
+    assert changed >= photos.num_views // 2, "the clean copies should differ from most photos with people"
+    central = run_federated(cfg("centralized"), quiet=True)
+    assert oracle["client_steps"] == central["client_steps"] > 0
+    assert oracle["aggregator"] == "oracle" and oracle["psnr"] is not None
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_crowd, broken)
+    victim = sorted((broken / "clean").iterdir())[0]
+    victim.unlink()
+    with pytest.raises(SceneError, match=victim.name):
+        prepare_run(FedConfig(data=str(broken), aggregator="oracle", output=tmp_path / "never"))
+    assert not (tmp_path / "never").exists()

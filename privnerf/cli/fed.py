@@ -1,4 +1,4 @@
-"""``privnerf fed run --data CROWD --aggregator {learned,fedavg,fednerf,centralized} --rounds M --local-epochs G
+"""``privnerf fed run --data CROWD --aggregator {learned,fedavg,fednerf,centralized,oracle} --rounds M --local-epochs G
 --engine simulation|deployment [--insecure]``; every field of :class:`privnerf.fed.config.FedConfig` is a flag."""
 
 from __future__ import annotations

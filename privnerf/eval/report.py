@@ -109,7 +109,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ddd;pa
 .row{{margin-bottom:1em}} .plots img{{width:520px;image-rendering:auto;border:none}}</style></head><body>
 <h1>Federated run: {html.escape(str(config.get('aggregator', '')))}</h1>
 <p>{html.escape(str(config.get('data', '')))} &middot; {_fmt(results.get('users'))} users &middot;
-{_fmt(results.get('rounds'))} rounds &middot; secure aggregation: {'Flower SecAgg+' if config.get('aggregator') in ('learned', 'fedavg') else 'none (the server sees each update)' if config.get('aggregator') == 'fednerf' else 'n/a (centralized)'}</p>
+{_fmt(results.get('rounds'))} rounds &middot; secure aggregation: {'Flower SecAgg+' if config.get('aggregator') in ('learned', 'fedavg') else 'none (the server sees each update)' if config.get('aggregator') == 'fednerf' else 'n/a (one trainer: ' + html.escape(str(config.get('aggregator'))) + ')'}</p>
 <h2>Summary</h2><table>{summary}</table>
 <h2>Per round</h2><div class="plots"><img src="report_files/curves.png">{'<img src="report_files/alpha.png">' if has_alpha else ''}</div>
 <table><tr><th>round</th><th>PSNR</th><th>SSIM</th><th>LPIPS</th><th>leakage PSNR</th><th>time (s)</th><th>MB up / client</th></tr>{rows}</table>

@@ -13,7 +13,7 @@ from privnerf.fed.local import AlphaRule
 from privnerf.fed.secure import SecAggSettings
 from privnerf.train.config import TrainConfig
 
-AGGREGATORS = ("learned", "fedavg", "fednerf", "centralized")
+AGGREGATORS = ("learned", "fedavg", "fednerf", "centralized", "oracle")
 
 
 def _default_train() -> TrainConfig:
@@ -37,9 +37,12 @@ def _default_train() -> TrainConfig:
 class FedConfig:
     data: str = ""
     """A crowd dataset (privnerf data crowd): nerfstudio transforms.json with per-frame user_id, test = clean views."""
-    aggregator: Literal["learned", "fedavg", "fednerf", "centralized"] = "learned"
+    aggregator: Literal["learned", "fedavg", "fednerf", "centralized", "oracle"] = "learned"
     """learned = DecentNeRF; fedavg = DecentNeRF with pixel-count weights; fednerf = one field, FedAvg, the
-    server sees each update; centralized = all photos on one trainer, same model (the upper baseline)."""
+    server sees each update; centralized = all photos on one trainer, same model (the issue's upper baseline);
+    oracle = the crowd's person-free copies on one trainer, global field only (needs a crowd with clean/
+    copies): a ceiling no real system reaches, since it needs the people removed perfectly, and the fair
+    upper baseline where centralized keeps the people (docs/decentnerf.md)."""
     rounds: int = 10
     local_epochs: float = 1.0
     """Passes over a user's pixels per round (fractions allowed)."""
@@ -88,9 +91,9 @@ class FedConfig:
 
     def client_train_config(self) -> TrainConfig:
         t = copy.deepcopy(self.train)
-        t.personal.enabled = self.aggregator != "fednerf"
+        t.personal.enabled = self.aggregator not in ("fednerf", "oracle")
         t.seed = self.seed
-        if self.aggregator != "centralized":
+        if self.aggregator not in ("centralized", "oracle"):
             t.optim.lr_density *= self.client_lr_scale
             t.optim.lr_features *= self.client_lr_scale
         return t

@@ -436,8 +436,8 @@ def prepare_deployment(cfg: FedConfig) -> Path:
     :func:`run_deployment` starts from, and what a by-hand deployment needs (docs/federation-deployment.md)."""
     from privnerf.fed.run import default_run_dir, prepare_run
 
-    if cfg.aggregator == "centralized":
-        raise ValueError("the centralized baseline has no federation; run it with --engine simulation")
+    if cfg.aggregator in ("centralized", "oracle"):
+        raise ValueError(f"the {cfg.aggregator} baseline has no federation; run it with --engine simulation")
     # absolute paths in config.json: Flower's app processes run in other working directories
     if cfg.data and Path(cfg.data).exists():
         cfg.data = str(Path(cfg.data).resolve())

@@ -25,7 +25,7 @@ from privnerf.eval.evaluate import evaluate_split
 from privnerf.eval.metrics import to_uint8
 from privnerf.fed.config import FedConfig
 from privnerf.fed.local import load_dataset, user_views
-from privnerf.privacy.leakage import person_free_psnr, personal_content_psnr
+from privnerf.privacy.leakage import person_free_copy, person_free_psnr, personal_content_psnr
 from privnerf.render.occupancy import OccupancyGrid
 from privnerf.render.renderer import RenderSettings, render_image
 from privnerf.train.checkpoint import atomic_write_text
@@ -210,7 +210,10 @@ def prepare_run(cfg: FedConfig) -> Path:
     held = (run_dir / "server" / "state.pt").exists() or (run_dir / "checkpoints" / "last.pt").exists()
     if held and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a federated run; pass --resume or choose another --output")
-    num_users = len(user_ids(load_dataset(cfg.data, "train")))
+    train = load_dataset(cfg.data, "train")
+    num_users = len(user_ids(train))
+    if cfg.aggregator == "oracle":
+        person_free_copy(train)  # every view's clean copy must exist before anything is written
     if cfg.aggregator in ("learned", "fedavg") and num_users < 2:
         # Flower's SecAgg+ refuses fewer than two parties, and a sum of one update is that update
         raise ValueError(f"{cfg.data}: {num_users} user; secure aggregation ({cfg.aggregator}) needs at least 2 "
@@ -250,7 +253,7 @@ def finish(cfg: FedConfig, run_dir: Path, results: dict[str, Any], t0: float) ->
 def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` on the Simulation Engine (or centralized) and return the results in ``results.json``."""
     run_dir = prepare_run(cfg)
-    if cfg.aggregator == "centralized":
+    if cfg.aggregator in ("centralized", "oracle"):
         t0 = time.perf_counter()
         return finish(cfg, run_dir, _run_centralized(cfg, Harness(cfg, run_dir), quiet), t0)
     return _run_simulation(cfg, quiet)
@@ -291,7 +294,7 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
     steps = sum(sum(h.get("local_steps", [])) for h in hist)
     samples = sum(sum(h.get("client_samples", [])) for h in hist)
     rays = sum(sum(h.get("client_rays", [])) for h in hist)
-    per_sample = FLOPS_PER_SAMPLE + (FLOPS_PER_SAMPLE_PERSONAL if cfg.aggregator != "fednerf" else 0)
+    per_sample = FLOPS_PER_SAMPLE + (FLOPS_PER_SAMPLE_PERSONAL if cfg.aggregator not in ("fednerf", "oracle") else 0)
     client_flops = samples * per_sample + rays * FLOPS_PER_RAY
     total_server = float(sum(server_flops.values()))
     return {
@@ -312,11 +315,16 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
 
 def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str, Any]:
     """All users' photos on one trainer with the same model (global + personal field); the same total steps, at
-    the unscaled grid learning rates (``FedConfig.client_lr_scale`` applies to federated clients only)."""
+    the unscaled grid learning rates (``FedConfig.client_lr_scale`` applies to federated clients only).
+
+    ``oracle``: the same trainer and steps on the crowd's person-free copies with the global field alone. The
+    steps are counted from the photos with people, so every aggregator gets the same budget; leakage is still
+    measured against the photos with people."""
     set_threads(None)
     tc = cfg.client_train_config()
-    tc.personal.enabled = True
-    scene = harness.train_scene
+    oracle = cfg.aggregator == "oracle"
+    tc.personal.enabled = not oracle
+    scene = person_free_copy(harness.train_scene) if oracle else harness.train_scene
     per_user = []
     for k in harness.users:
         px = sum(h * w for h, w in (scene.hw(i) for i in user_views(scene, k)))
@@ -340,7 +348,7 @@ def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str,
     from tqdm.auto import tqdm
 
     last = time.perf_counter()
-    for _ in tqdm(range(trainer.step_count, tc.steps), disable=quiet, desc="centralized", initial=trainer.step_count,
+    for _ in tqdm(range(trainer.step_count, tc.steps), disable=quiet, desc=cfg.aggregator, initial=trainer.step_count,
                   total=tc.steps):
         t0 = time.perf_counter()
         st = trainer.step()
@@ -352,7 +360,7 @@ def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str,
             last = time.perf_counter()
     save()
     rays, samples, train_time = counts["rays"], counts["samples"], counts["train_time_s"]
-    info = {"round": cfg.rounds, "aggregator": "centralized", "client_train_time_s": [train_time],
+    info = {"round": cfg.rounds, "aggregator": cfg.aggregator, "client_train_time_s": [train_time],
             "local_steps": [tc.steps], "client_samples": [samples], "client_rays": [rays]}
     info.update(harness.measure(cfg.rounds, trainer.field, None, final=True))
     harness.record(info)

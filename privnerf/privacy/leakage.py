@@ -109,6 +109,23 @@ def clean_view(scene: Scene, view: int) -> np.ndarray | None:
     return img
 
 
+def person_free_copy(scene: Scene) -> Scene:
+    """``scene`` with every photo replaced by the crowd's person-free copy (same cameras, masks and metadata):
+    the training set of the ``oracle`` baseline. Raises :class:`SceneError` naming the dataset, or the missing
+    file, when a view has no clean copy."""
+    from dataclasses import replace
+
+    images = []
+    for i in range(scene.num_views):
+        clean = clean_view(scene, i)
+        if clean is None:
+            raise SceneError(scene.meta.get("source", "dataset"),
+                             f"training view {i} ({scene.names[i]}) has no person-free copy (clean_path); "
+                             "make the crowd again with privnerf data crowd")
+        images.append(clean)
+    return replace(scene, images=images)
+
+
 def person_free_psnr(scene: Scene, user: int, max_views: int | None = 3) -> float | None:
     """The leakage a perfect person-free model would score: the mean over the same views as
     :func:`personal_content_psnr` of the masked PSNR of the clean copy (``None`` without clean copies or
