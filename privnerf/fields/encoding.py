@@ -127,12 +127,15 @@ class DenseGrid(nn.Module):
         """Re-grid to a new resolution (and optionally a new box) by trilinear interpolation of the old values."""
         new_aabb = self.aabb if aabb is None else torch.as_tensor(aabb, dtype=torch.float32, device=self.aabb.device)
         res = tuple(int(r) for r in resolution)
-        axes = [torch.linspace(float(new_aabb[0, i]), float(new_aabb[1, i]), res[i], device=self.data.device) for i in range(3)]
-        pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-        vals = []
-        for chunk in pts.split(1 << 20):
-            vals.append(trilinear_torch(self.data.data, self.world_to_index(chunk)))
-        self.data = nn.Parameter(torch.cat(vals).reshape(*res, -1).contiguous())
+        if torch.equal(new_aabb, self.aabb):
+            # the same box: the code federated clients regrid their own grids with, so both sides agree exactly
+            data = regrid_values(self.data.data, res)
+        else:
+            axes = [torch.linspace(float(new_aabb[0, i]), float(new_aabb[1, i]), res[i], device=self.data.device)
+                    for i in range(3)]
+            pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+            data = torch.cat([trilinear_torch(self.data.data, self.world_to_index(chunk)) for chunk in pts.split(1 << 20)])
+        self.data = nn.Parameter(data.reshape(*res, -1).contiguous())
         self.aabb.copy_(new_aabb)
         self._grad = None
         self._touched = None
@@ -148,10 +151,11 @@ class DenseGrid(nn.Module):
 @torch.no_grad()
 def regrid_values(values: torch.Tensor, resolution) -> torch.Tensor:
     """``(X, Y, Z, C)`` grid values resampled trilinearly to ``resolution`` over the same box (corners on
-    corners, as :meth:`DenseGrid.resample` does when the box is kept): ``(X', Y', Z', C)``. Linear in
+    corners; :meth:`DenseGrid.resample` calls it when the box is kept): ``(X', Y', Z', C)``. Linear in
     ``values``, so the difference of two regridded grids is the regridded difference."""
     res = tuple(int(r) for r in resolution)
-    axes = [torch.linspace(0.0, float(values.shape[i] - 1), res[i], dtype=values.dtype) for i in range(3)]
+    axes = [torch.linspace(0.0, float(values.shape[i] - 1), res[i], dtype=values.dtype, device=values.device)
+            for i in range(3)]
     idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
     out = torch.cat([trilinear_torch(values, chunk) for chunk in idx.split(1 << 20)])
     return out.reshape(*res, values.shape[-1])
