@@ -146,29 +146,37 @@ def strongest_attack(row: dict, key: str = "psnr", leaked: int = 0) -> float | N
 
 def plot(result: dict, path: Path) -> None:
     """Utility against the strongest attacker, one curve per defense from the undefended point of its posture
-    (filled: full decoder + private head, the default posture; hollow: the others, the curves from the linear
-    decoder with the announced seed)."""
+    (filled: full decoder + private head, the default posture; hollow: the linear decoder with the announced
+    seed). Full-decoder runs scored before the principal-direction attack existed are drawn faint and left off
+    the curves (their "strongest" misses it); a star above a run is SA-SMA with one leaked photo."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     runs = result["split"]
     colours = {"none": "k", "s2nerf": "tab:blue", "s2nerf-light": "tab:cyan", "gaussian": "tab:orange",
                "prune": "tab:green"}
-    sa_labelled = False
+    sa_labelled = faint_labelled = False
     for prefix, filled in (("full-private-", True), ("", False)):
         rows = {t: r for t, r in runs.items()
                 if t.startswith("full-private-") == filled and strongest_attack(r) is not None}
-        base = rows.get(f"{prefix}none")
+        # the default posture's curves run through the runs every attack scored (the principal direction
+        # needs the full decoder, so the linear posture's curves keep all their runs)
+        scored = {t: r for t, r in rows.items() if not filled or "direction" in r.get("attack", {})}
+        base = scored.get(f"{prefix}none-rerun") or scored.get(f"{prefix}none")
         for tag, r in rows.items():
             d = r["defense"]["name"]
             y = strongest_attack(r)
-            ax.scatter(r["psnr"], y, s=40, marker="o" if filled else "s", edgecolors=colours.get(d, "gray"),
-                       facecolors=colours.get(d, "gray") if filled else "none", zorder=3)
+            faint = tag not in scored
+            ax.scatter(r["psnr"], y, s=18 if faint else 40, marker="o" if filled else "s",
+                       edgecolors=colours.get(d, "gray"), alpha=0.35 if faint else 1.0,
+                       facecolors=colours.get(d, "gray") if filled else "none", zorder=3,
+                       label="scored before the direction attack (faint)" if faint and not faint_labelled else None)
+            faint_labelled |= faint
             ax.annotate(tag.removeprefix("full-private-"), (r["psnr"], y), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+                        textcoords="offset points", alpha=0.5 if faint else 1.0)
             y1 = strongest_attack(r, leaked=1)
             if y1 is not None:  # the same run attacked with one leaked photo (SA-SMA): a stronger threat model
                 ax.plot([r["psnr"], r["psnr"]], [y, y1], c=colours.get(d, "gray"), lw=0.6, ls=":", zorder=2)
@@ -176,7 +184,7 @@ def plot(result: dict, path: Path) -> None:
                            label="SA-SMA, 1 leaked photo" if not sa_labelled else None)
                 sa_labelled = True
         for d in colours:
-            pts = sorted([(r["psnr"], strongest_attack(r)) for r in rows.values()
+            pts = sorted([(r["psnr"], strongest_attack(r)) for r in scored.values()
                           if r["defense"]["name"] == d and d != "none"], reverse=True)
             if pts and base is not None:  # the defense's curve starts at its posture's undefended run (c = 0)
                 pts = [(base["psnr"], strongest_attack(base))] + pts
@@ -189,9 +197,9 @@ def plot(result: dict, path: Path) -> None:
         if tag in result["central"]:
             ax.axvline(result["central"][tag]["psnr"], ls=ls, c="tab:purple", lw=0.8, label=f"centralized {tag}")
     ax.set_xlabel("utility: client test PSNR (dB)")
-    ax.set_ylabel("strongest attacker test PSNR (dB); star: with one leaked photo")
+    ax.set_ylabel("strongest attacker test PSNR (dB)")
     ax.set_title(f"split learning on {result['scene']}, {result['steps']} steps: utility vs privacy")
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, path, dpi=130)
     plt.close(fig)
