@@ -222,6 +222,31 @@ def renders(result: dict, out_root: Path, path: Path, tags: list[str]) -> None:
         write_image(path, fit_width(np.concatenate(rows, axis=0)))
 
 
+def attack_renders(run_dirs: list[Path], path: Path, leaked: int = 1) -> None:
+    """One row per run, the first test view: ground truth | client | principal direction (the run's sign rule)
+    | the other sign | the better SA-SMA head after ``leaked`` leaked photos: the attacks that break the default
+    posture beside what the client renders. Needs each run's ``figure.png`` (ground truth and client are its
+    first two panels) and the renders ``evaluate_attack`` saved for leaked 0 and ``leaked``."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    rows = []
+    for run in map(Path, run_dirs):
+        at = run / "attack"
+        sa = json.loads((at / f"attack-leaked-{leaked}.json").read_text())
+        best = max((k for k, v in sa.items() if isinstance(v, dict) and "psnr" in v and not k.startswith("geometry")),
+                   key=lambda k: sa[k]["psnr"])
+        panels = [iio.imread(at / "renders-leaked-0" / d / "view_0000.png")[..., :3]
+                  for d in ("direction-0", "direction-0-other-sign")]
+        panels.append(iio.imread(at / f"renders-leaked-{leaked}" / best / "view_0000.png")[..., :3])
+        h, w = panels[0].shape[:2]
+        fig = iio.imread(run / "figure.png")[..., :3]
+        rows.append(np.concatenate([fig[:h, :2 * w], *panels], axis=1))
+        print(f"{run.name}: SA-SMA panel = {best} ({sa[best]['psnr']:.2f} dB)", flush=True)
+    write_image(path, fit_width(np.concatenate(rows, axis=0)))
+    print(f"wrote {path}")
+
+
 FIGURE_MAX_WIDTH = 1600
 """Render figures are box-downsampled to at most this width: full-size rows of five 400-500 px panels made
 2.6-2.8 MB PNGs, too large to keep in the repository."""
@@ -297,7 +322,13 @@ def main() -> None:
     p.add_argument("--leaked", type=int, nargs="+", default=[0],
                    help="0 = the attacks without photos; N > 0 = also SA-SMA with N leaked training photos (after "
                         "each training run, or with --reattack on the saved runs)")
+    p.add_argument("--attack-figure", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                   help="draw benchmarks/results/split-<scene>-attacks.png from these run folders (direction "
+                        "attack both signs, SA-SMA with one leaked photo) and exit")
     a = p.parse_args()
+    if a.attack_figure:
+        attack_renders(a.attack_figure, ROOT / "benchmarks" / "results" / f"split-{a.scene}-attacks.png")
+        return
     if a.reattack:
         reattack(a.scene, a.reattack, tuple(a.leaked), set(a.only.split(",")) if a.only else None)
         return
