@@ -120,7 +120,7 @@ def main() -> int:
             continue
         for requested in aggregators:
             agg = requested
-            if agg in ("learned", "fedavg") and len(user_ids(load_dataset(str(data), "train"))) < 2:
+            if FedConfig(aggregator=agg).secure and len(user_ids(load_dataset(str(data), "train"))) < 2:
                 # no secure sum of one user (SecAgg+ needs two): the server sees that user's model, as in fednerf
                 agg = "fednerf"
             cfg = FedConfig(data=str(data), aggregator=agg, rounds=a.rounds, local_epochs=a.local_epochs,

@@ -128,13 +128,19 @@ def split_run(data: str, steps: int, views: int, defense: str, c: float, r: floa
     return res
 
 
+def sa_sma_heads(block: dict) -> dict[str, dict]:
+    """The attack heads of one SA-SMA block (``attack-leaked-N.json``, ``row["sa_sma"]["leaked"][N]``) that were
+    fine-tuned on the leaked photos: not the guessed heads (``geometry_only``), which see no photo."""
+    return {k: v for k, v in block.items() if isinstance(v, dict) and "psnr" in v and not k.startswith("geometry")}
+
+
 def strongest_attack(row: dict, key: str = "psnr", leaked: int = 0) -> float | None:
     """The privacy axis: the best any photo-free attacker scored (replay, SMA, principal direction under either
     sign, or the server's grids through a guessed head); ``key="calibrated_psnr"`` for the colour-calibrated
     score. ``leaked=N`` takes the best SA-SMA head fine-tuned on N leaked photos instead (None if not run)."""
     if leaked:
-        at = row.get("sa_sma", {}).get("leaked", {}).get(str(leaked), {})
-        scores = [v[key] for v in at.values() if isinstance(v, dict) and key in v]
+        heads = sa_sma_heads(row.get("sa_sma", {}).get("leaked", {}).get(str(leaked), {}))
+        scores = [v[key] for v in heads.values() if key in v]
         return max(scores) if scores else None
     scores = [v[key] for v in row.get("attack", {}).values() if isinstance(v, dict) and key in v]
     # the direction attack's sign is one bit a person settles by looking at both renders (docs/split.md)
@@ -233,14 +239,21 @@ def attack_renders(run_dirs: list[Path], path: Path, leaked: int = 1) -> None:
     rows = []
     for run in map(Path, run_dirs):
         at = run / "attack"
-        sa = json.loads((at / f"attack-leaked-{leaked}.json").read_text())
-        best = max((k for k, v in sa.items() if isinstance(v, dict) and "psnr" in v and not k.startswith("geometry")),
-                   key=lambda k: sa[k]["psnr"])
-        panels = [iio.imread(at / "renders-leaked-0" / d / "view_0000.png")[..., :3]
-                  for d in ("direction-0", "direction-0-other-sign")]
-        panels.append(iio.imread(at / f"renders-leaked-{leaked}" / best / "view_0000.png")[..., :3])
+        sa_path = at / f"attack-leaked-{leaked}.json"
+        if not sa_path.exists():
+            sys.exit(f"{sa_path}: missing; attack the run first (--reattack ... --leaked {leaked}, or --leaked "
+                     f"{leaked} when training)")
+        sa = sa_sma_heads(json.loads(sa_path.read_text()))
+        best = max(sa, key=lambda k: sa[k]["psnr"])
+        files = [run / "figure.png"] + [at / "renders-leaked-0" / d / "view_0000.png"
+                                        for d in ("direction-0", "direction-0-other-sign")]
+        files.append(at / f"renders-leaked-{leaked}" / best / "view_0000.png")
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            sys.exit(f"{run}: missing {', '.join(missing)} (runs scored before the direction attack's other sign "
+                     "need --reattack ... --leaked 0)")
+        fig, *panels = [iio.imread(f)[..., :3] for f in files]
         h, w = panels[0].shape[:2]
-        fig = iio.imread(run / "figure.png")[..., :3]
         rows.append(np.concatenate([fig[:h, :2 * w], *panels], axis=1))
         print(f"{run.name}: SA-SMA panel = {best} ({sa[best]['psnr']:.2f} dB)", flush=True)
     write_image(path, fit_width(np.concatenate(rows, axis=0)))

@@ -188,7 +188,7 @@ def fed_tables() -> list[str]:
 
 
 def split_tables() -> list[str]:
-    from split import strongest_attack  # benchmarks/split.py: one definition of "the strongest attacker"
+    from split import sa_sma_heads, strongest_attack  # benchmarks/split.py: one definition of each
 
     out = []
     for path in sorted(RESULTS.glob("split-*.json")):
@@ -243,7 +243,7 @@ def split_tables() -> list[str]:
                         "frozen)", ["run", "leaked photos", "utility PSNR", "SMA + photos", "replay + photos",
                                     "calibrated (best)", "constant colour", "commit"])
             for tag, n, row, at in sa:
-                best = max((v["calibrated_psnr"] for v in at.values() if isinstance(v, dict) and "calibrated_psnr" in v),
+                best = max((v["calibrated_psnr"] for v in sa_sma_heads(at).values() if "calibrated_psnr" in v),
                            default=None)
                 out.append(f"| {tag} | {n} | {fmt(row['psnr'])} | {fmt(at.get('sma', {}).get('psnr'))} | "
                            f"{fmt(at.get('replay', {}).get('psnr'))} | {fmt(best)} | {fmt(row['constant_colour_psnr'])} | "

@@ -140,11 +140,15 @@ def test_alpha_update_runs_across_a_grid_growth():
     grid.resample((7, 9, 5))  # the server's growth step
     grown = grid.data.detach()
     torch.testing.assert_close(regrid_values(old_agg, (7, 9, 5)), grown, atol=0, rtol=0)  # one code path
-    moved = DenseGrid((4, 5, 3), 2, aabb)  # a new box takes the world-space path: corners still land on corners
+    # a new box takes the world-space path: the upper half in x, [0, 1] of [-1, 1], at 3 points puts new x
+    # planes 0, 1, 2 at old index 1.5, 2.25 and 3 (y and z unchanged)
+    moved = DenseGrid((4, 5, 3), 2, aabb)
     moved.data = torch.nn.Parameter(old_agg.clone())
-    moved.resample((4, 5, 3), aabb * 1.0000001)
-    torch.testing.assert_close(moved.data.detach()[[0, -1]][:, [0, -1]][:, :, [0, -1]],
-                               old_agg[[0, -1]][:, [0, -1]][:, :, [0, -1]], atol=1e-4, rtol=0)
+    moved.resample((3, 5, 3), torch.tensor([[0.0, -2.0, 0.0], [1.0, 2.0, 3.0]]))
+    got = moved.data.detach()
+    torch.testing.assert_close(got[0], 0.5 * (old_agg[1] + old_agg[2]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1], 0.75 * old_agg[2] + 0.25 * old_agg[3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[2], old_agg[3], atol=1e-5, rtol=0)
     grad_sum = [torch.randn(7, 9, 5, 2, generator=gen).double().numpy(), np.array([0.5])]
     mlp_prev, mlp_now = np.array([1.0], np.float32), np.array([0.25], np.float32)
     user = _user_with(0.5, [mine.numpy(), mlp_prev])

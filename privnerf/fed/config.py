@@ -89,11 +89,27 @@ class FedConfig:
     state_dir: str = ""
     """Filled in: <output>/state (each client's private state lives under clients/)."""
 
+    # What each aggregator is, asked in one place (the run, the deployment, the benchmarks ask these):
+    @property
+    def secure(self) -> bool:
+        """The server only unmasks SecAgg+ sums (learned, fedavg); needs at least two users."""
+        return self.aggregator in ("learned", "fedavg")
+
+    @property
+    def one_trainer(self) -> bool:
+        """No federation: one trainer holds every photo (centralized, oracle)."""
+        return self.aggregator in ("centralized", "oracle")
+
+    @property
+    def personal_field(self) -> bool:
+        """The model has a personal field beside the global one (not fednerf, not the person-free oracle)."""
+        return self.aggregator not in ("fednerf", "oracle")
+
     def client_train_config(self) -> TrainConfig:
         t = copy.deepcopy(self.train)
-        t.personal.enabled = self.aggregator not in ("fednerf", "oracle")
+        t.personal.enabled = self.personal_field
         t.seed = self.seed
-        if self.aggregator not in ("centralized", "oracle"):
+        if not self.one_trainer:
             t.optim.lr_density *= self.client_lr_scale
             t.optim.lr_features *= self.client_lr_scale
         return t

@@ -436,7 +436,7 @@ def prepare_deployment(cfg: FedConfig) -> Path:
     :func:`run_deployment` starts from, and what a by-hand deployment needs (docs/federation-deployment.md)."""
     from privnerf.fed.run import default_run_dir, prepare_run
 
-    if cfg.aggregator in ("centralized", "oracle"):
+    if cfg.one_trainer:
         raise ValueError(f"the {cfg.aggregator} baseline has no federation; run it with --engine simulation")
     # absolute paths in config.json: Flower's app processes run in other working directories
     if cfg.data and Path(cfg.data).exists():

@@ -134,7 +134,7 @@ class Harness:
     def _alpha_snapshot(self) -> dict[str, Any]:
         """The users' current alphas, read from their state files (the experimenter's view, for plots)."""
         alphas = {}
-        if self.cfg.aggregator not in ("learned", "fedavg"):
+        if not self.cfg.secure:
             return {}
         for k in self.users:
             p = Path(self.cfg.state_dir) / "clients" / f"user-{k:03d}.pt"
@@ -214,7 +214,7 @@ def prepare_run(cfg: FedConfig) -> Path:
     num_users = len(user_ids(train))
     if cfg.aggregator == "oracle":
         person_free_copy(train)  # every view's clean copy must exist before anything is written
-    if cfg.aggregator in ("learned", "fedavg") and num_users < 2:
+    if cfg.secure and num_users < 2:
         # Flower's SecAgg+ refuses fewer than two parties, and a sum of one update is that update
         raise ValueError(f"{cfg.data}: {num_users} user; secure aggregation ({cfg.aggregator}) needs at least 2 "
                          "(with one user the server would see its update: use --aggregator fednerf to measure that)")
@@ -253,7 +253,7 @@ def finish(cfg: FedConfig, run_dir: Path, results: dict[str, Any], t0: float) ->
 def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` on the Simulation Engine (or centralized) and return the results in ``results.json``."""
     run_dir = prepare_run(cfg)
-    if cfg.aggregator in ("centralized", "oracle"):
+    if cfg.one_trainer:
         t0 = time.perf_counter()
         return finish(cfg, run_dir, _run_centralized(cfg, Harness(cfg, run_dir), quiet), t0)
     return _run_simulation(cfg, quiet)
@@ -294,7 +294,7 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
     steps = sum(sum(h.get("local_steps", [])) for h in hist)
     samples = sum(sum(h.get("client_samples", [])) for h in hist)
     rays = sum(sum(h.get("client_rays", [])) for h in hist)
-    per_sample = FLOPS_PER_SAMPLE + (FLOPS_PER_SAMPLE_PERSONAL if cfg.aggregator not in ("fednerf", "oracle") else 0)
+    per_sample = FLOPS_PER_SAMPLE + (FLOPS_PER_SAMPLE_PERSONAL if cfg.personal_field else 0)
     client_flops = samples * per_sample + rays * FLOPS_PER_RAY
     total_server = float(sum(server_flops.values()))
     return {
@@ -317,14 +317,13 @@ def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str,
     """All users' photos on one trainer with the same model (global + personal field); the same total steps, at
     the unscaled grid learning rates (``FedConfig.client_lr_scale`` applies to federated clients only).
 
-    ``oracle``: the same trainer and steps on the crowd's person-free copies with the global field alone. The
-    steps are counted from the photos with people, so every aggregator gets the same budget; leakage is still
-    measured against the photos with people."""
+    ``oracle``: the same trainer and steps on the crowd's person-free copies with the global field alone
+    (``client_train_config`` leaves the personal field out). The copies have the photos' sizes, so the step
+    count, and with it the budget, is the centralized one; leakage is still measured against the photos with
+    people."""
     set_threads(None)
     tc = cfg.client_train_config()
-    oracle = cfg.aggregator == "oracle"
-    tc.personal.enabled = not oracle
-    scene = person_free_copy(harness.train_scene) if oracle else harness.train_scene
+    scene = person_free_copy(harness.train_scene) if cfg.aggregator == "oracle" else harness.train_scene
     per_user = []
     for k in harness.users:
         px = sum(h * w for h, w in (scene.hw(i) for i in user_views(scene, k)))
