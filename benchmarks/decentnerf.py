@@ -105,6 +105,8 @@ def main() -> int:
                    help="run only these variants of the preset (e.g. users-01); their rows replace the same rows")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="FedConfig overrides for every run, e.g. alpha.eta=4 keep_optimizer=true")
+    p.add_argument("--tag", default=None,
+                   help="results go to <name>-<tag>.json (e.g. r30 for a 30-round schedule beside the 10-round one)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-fed")
     a = p.parse_args()
     preset, aggregators = STUDIES[a.study]
@@ -156,6 +158,8 @@ def main() -> int:
     # the names for the lego studies
     name = LEGO_RESULTS.get(a.study) if a.scene == "lego" else None
     name = name or f"decentnerf-{a.scene}-{a.study}"
+    if a.tag:
+        name = f"{name}-{a.tag}"
     results = ROOT / "benchmarks" / "results"
     if a.study == "ablation":
         alpha_plots(runs, results / name)
