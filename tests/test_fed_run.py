@@ -76,6 +76,7 @@ def test_decentnerf_run_is_private_resumable_and_complete(tiny_crowd, tmp_path):
                 "server_flops", "bytes_up_per_client_per_round"):
         assert res[key] is not None and np.isfinite(res[key]), key
     assert (run / "renders" / "global" / "round-003.png").exists()
+    assert "secure aggregation: Flower SecAgg+" in (run / "report.html").read_text()
     # private state persisted on the "device", never in the server's folder
     assert sorted(p.name for p in (run / "state" / "clients").iterdir()) == [f"user-00{k}.pt" for k in range(3)]
 

@@ -71,6 +71,20 @@ def _fmt(v, digits=2) -> str:
     return html.escape(str(v))
 
 
+def _aggregation_kind(aggregator: str | None) -> str:
+    """What the server of a run with this aggregator holds, in words (asked of :class:`FedConfig`)."""
+    from privnerf.fed.config import AGGREGATORS, FedConfig
+
+    if aggregator not in AGGREGATORS:
+        return f"unknown aggregator {aggregator!r}"
+    cfg = FedConfig(aggregator=aggregator)
+    if cfg.secure:
+        return "Flower SecAgg+ (the server unmasks only sums)"
+    if cfg.one_trainer:
+        return f"n/a (one trainer: {aggregator})"
+    return "none (the server sees each update)"
+
+
 def write_fed_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
@@ -109,7 +123,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ddd;pa
 .row{{margin-bottom:1em}} .plots img{{width:520px;image-rendering:auto;border:none}}</style></head><body>
 <h1>Federated run: {html.escape(str(config.get('aggregator', '')))}</h1>
 <p>{html.escape(str(config.get('data', '')))} &middot; {_fmt(results.get('users'))} users &middot;
-{_fmt(results.get('rounds'))} rounds &middot; secure aggregation: {'Flower SecAgg+' if config.get('aggregator') in ('learned', 'fedavg') else 'none (the server sees each update)' if config.get('aggregator') == 'fednerf' else 'n/a (one trainer: ' + html.escape(str(config.get('aggregator'))) + ')'}</p>
+{_fmt(results.get('rounds'))} rounds &middot; secure aggregation: {html.escape(_aggregation_kind(config.get('aggregator')))}</p>
 <h2>Summary</h2><table>{summary}</table>
 <h2>Per round</h2><div class="plots"><img src="report_files/curves.png">{'<img src="report_files/alpha.png">' if has_alpha else ''}</div>
 <table><tr><th>round</th><th>PSNR</th><th>SSIM</th><th>LPIPS</th><th>leakage PSNR</th><th>time (s)</th><th>MB up / client</th></tr>{rows}</table>
