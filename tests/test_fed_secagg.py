@@ -1,5 +1,6 @@
 """Flower SecAgg+ as privnerf uses it: the secure sum equals the plain weighted mean within the quantization
-bound (1 M values, default quantization), and a user dropping mid-round does not corrupt the round."""
+bound (1 M values, default quantization), and a user dropping mid-round does not corrupt the round - with every
+user sharing keys with every other (the default) and with a sparse SecAgg+ graph (3 shares per user)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def test_secure_sum_matches_plain_mean_and_survives_a_dropout(tmp_path, monkeypa
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(apps.__file__).parent), str(Path.cwd()),
                                                       os.environ.get("PYTHONPATH", "")]))
     K = 5
+    # rounds 1-2: everyone is everyone's neighbour; rounds 3-4: each user has two neighbours (a dropped user's
+    # masks must be rebuilt from its neighbours' shares alone)
+    settings = {1: SecAggSettings(num_shares=1.0, reconstruction_threshold=0.6),
+                2: SecAggSettings(num_shares=1.0, reconstruction_threshold=0.6),
+                3: SecAggSettings(num_shares=3, reconstruction_threshold=2),
+                4: SecAggSettings(num_shares=3, reconstruction_threshold=2)}
     got: dict[int, tuple] = {}
     errors: list[BaseException] = []
     app = ServerApp()
@@ -46,10 +53,10 @@ def test_secure_sum_matches_plain_mean_and_survives_a_dropout(tmp_path, monkeypa
     @app.main()
     def main(grid, context):
         try:
-            with legacy_session(grid, context, K, 2) as legacy:
-                for rnd in (1, 2):
+            with legacy_session(grid, context, K, len(settings)) as legacy:
+                for rnd, secagg in settings.items():
                     got[rnd] = secure_sum(grid, legacy, rnd, [np.zeros(1, np.float32)], {"round": rnd, "phase": "test"},
-                                          apps.BOUNDS, SecAggSettings(num_shares=1.0, reconstruction_threshold=0.6))
+                                          apps.BOUNDS, secagg)
         except BaseException as e:  # Flower swallows ServerApp errors
             errors.append(e)
             raise
@@ -58,7 +65,8 @@ def test_secure_sum_matches_plain_mean_and_survives_a_dropout(tmp_path, monkeypa
                    backend_config={"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": 2, "include_dashboard": False}})
     assert not errors, errors
-    for rnd, users in ((1, list(range(K))), (2, [k for k in range(K) if k != apps.DROP_USER])):
+    for rnd in settings:
+        users = [k for k in range(K) if k != apps.DROP_USER or rnd not in apps.DROP_ROUNDS]
         sums, n = got[rnd]
         assert n == len(users)
         expected, alpha_sum = plain_weighted_mean(users)

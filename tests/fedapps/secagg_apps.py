@@ -1,4 +1,4 @@
-"""Flower apps for the SecAgg+ test: users hold known arrays and weights; one user drops in round 2.
+"""Flower apps for the SecAgg+ test: users hold known arrays and weights; one user drops in rounds 2 and 4.
 
 A module of its own (not the test file) so that the simulation's worker processes can import it.
 """
@@ -14,7 +14,7 @@ from privnerf.fed.secure import scale_for_secagg
 
 SIZES = (600_000, 400_000)  # 1 M values in two arrays
 BOUNDS = [0.01, 0.01, 1.0]   # |alpha x| < 0.01 by construction; alpha < 1
-DROP_USER, DROP_ROUND = 3, 2
+DROP_USER, DROP_ROUNDS = 3, (2, 4)
 
 
 def user_data(k: int) -> tuple[list[np.ndarray], float]:
@@ -29,7 +29,7 @@ class _User(NumPyClient):
         self.k = k
 
     def fit(self, parameters, config):
-        if self.k == DROP_USER and int(config["round"]) == DROP_ROUND:
+        if self.k == DROP_USER and int(config["round"]) in DROP_ROUNDS:
             raise RuntimeError("this user drops out mid-round")
         xs, alpha = user_data(self.k)
         arrays, clipped = scale_for_secagg([alpha * x for x in xs] + [np.array([alpha])], BOUNDS)
