@@ -207,6 +207,11 @@ def split_tables() -> list[str]:
             n = commands.setdefault(f"commit {p['commit']}{where}: `{p['command']}`", len(commands) + 1)
             return f"{p['commit']} [{n}]"
 
+        def reattack(row: dict) -> str:
+            # the run's attacks re-scored offline later (--reattack) by other code: name that command too
+            p = row.get("attack_provenance")
+            return f"; attacks {ref({'provenance': p})}" if p else ""
+
         c = r["central"]
         if c:
             out += head(f"{path.stem}: centralized references", ["run", "PSNR", "SSIM", "LPIPS", "train s", "commit"])
@@ -233,7 +238,7 @@ def split_tables() -> list[str]:
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
                        f"{fmt(sm.get('psnr'))} | {direction} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
                        f"{fmt(strongest_attack(row, 'calibrated_psnr'))} | {fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
-                       f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} | {ref(row)} |")
+                       f"{row['bytes_down_per_step'] / 1e6:.1f} | {row['train_time_s']:.0f} | {ref(row)}{reattack(row)} |")
         if r["split"]:
             out.append("")
         sa = [(tag, n, row, {"provenance": row["sa_sma"].get("provenance"), **at}) for tag, row in r["split"].items()
