@@ -11,7 +11,10 @@ Studies (``--study``), each on the crowd presets of ``privnerf data crowd`` (mad
 Usage: ``python benchmarks/decentnerf.py --study main --scene lego --rounds 20 --local-epochs 0.05``
 -> ``benchmarks/results/decentnerf-lego-20.json`` / ``decentnerf-ablation-8.json`` /
 ``decentnerf-leakage-users.json`` on lego, ``decentnerf-<scene>-<study>.json`` otherwise (+ ``.png`` plots), runs under ``outputs/bench-fed/``.
-Runs are sequential (timings are only comparable when nothing else runs).
+Runs are sequential (timings are only comparable when nothing else runs). The results file is rewritten after
+every run; an interrupted benchmark goes on with ``--resume outputs/bench-fed/<scene>-<study>/<time>`` and its
+other arguments unchanged (finished runs are collected as they are, credited to the commit and command in that
+directory's ``benchmark.json``; the unfinished one resumes from its last round or checkpoint).
 """
 
 from __future__ import annotations
@@ -93,6 +96,32 @@ def users_plot(rows: list[dict], out: Path) -> None:
     finish_plot(fig, ax, out, "users", "PSNR inside the personal masks (dB)", fontsize=7)
 
 
+def merge(old: dict | None, rows: list[dict], preset: str | None, a: argparse.Namespace) -> list[dict]:
+    """``rows`` in place of the same (variant, aggregator) rows of an earlier file ``old``; the others kept (each
+    row names its commit and command), in the earlier file's order."""
+    if old is None:
+        return list(rows)
+    mine = {(r["variant"], r.get("requested", r["aggregator"])) for r in rows}
+    kept = []
+    for r in old["rows"]:
+        r.setdefault("commit", old.get("commit"))
+        r.setdefault("command", old.get("command"))
+        if (r["variant"], r.get("requested", r["aggregator"])) not in mine:
+            kept.append(r)
+    order = [r["aggregator"] for r in old["rows"]]
+    variants = [v for v, _ in crowd_dirs(preset, a.scene, a.out / "crowd")]
+    return sorted(kept + rows, key=lambda r: (variants.index(r["variant"] or ""),
+                                              order.index(r["aggregator"]) if r["aggregator"] in order else len(order)))
+
+
+def write_results(target: Path, rows: list[dict], started: str, commit: str, command: str,
+                  a: argparse.Namespace) -> None:
+    atomic_write_text(target, json.dumps({
+        "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+        "command": command, "rounds": a.rounds, "local_epochs": a.local_epochs, "rows": rows},
+        indent=2, default=str) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=list(STUDIES), default="main")
@@ -108,6 +137,10 @@ def main() -> int:
     p.add_argument("--tag", default=None,
                    help="results go to <name>-<tag>.json (e.g. r30 for a 30-round schedule beside the 10-round one)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-fed")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="an interrupted benchmark's run directory (outputs/bench-fed/<scene>-<study>/<time>): "
+                        "finished runs there give their rows as they are, unfinished ones resume from their "
+                        "last round or checkpoint; pass the interrupted command's other arguments unchanged")
     a = p.parse_args()
     preset, aggregators = STUDIES[a.study]
     aggregators = a.aggregators or aggregators
@@ -116,7 +149,30 @@ def main() -> int:
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     command = "python benchmarks/decentnerf.py " + " ".join(sys.argv[1:])
     rows, runs = [], {}
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp_dir = a.resume or a.out / f"{a.scene}-{a.study}" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if a.resume is not None and not a.resume.is_dir():
+        p.error(f"--resume {a.resume}: no such directory")
+    # the issue's names for the lego studies
+    name = LEGO_RESULTS.get(a.study) if a.scene == "lego" else None
+    name = name or f"decentnerf-{a.scene}-{a.study}"
+    if a.tag:
+        name = f"{name}-{a.tag}"
+    results = ROOT / "benchmarks" / "results"
+    target = results / f"{name}.json"
+    # a subset of aggregators (or a resume) replaces those rows in an existing file and keeps the others;
+    # a full run starts the file afresh. Read once, before this run writes anything.
+    old = json.loads(target.read_text()) if (a.aggregators or a.variants or a.resume) and target.exists() else None
+    if old is not None:
+        started = old["started"]
+    # which code and command made this directory's runs: a resume credits its finished runs to them
+    origin_path = stamp_dir / "benchmark.json"
+    if a.resume is None:
+        stamp_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(origin_path, json.dumps({"commit": commit, "command": command, "started": started}) + "\n")
+        origin = None
+    else:
+        origin = json.loads(origin_path.read_text()) if origin_path.exists() else {}
+        started = origin.get("started", started) if old is None else started
     for variant, data in crowd_dirs(preset, a.scene, a.out / "crowd"):
         if a.variants and variant not in a.variants:
             continue
@@ -125,20 +181,28 @@ def main() -> int:
             if FedConfig(aggregator=agg).secure and len(user_ids(load_dataset(str(data), "train"))) < 2:
                 # no secure sum of one user (SecAgg+ needs two): the server sees that user's model, as in fednerf
                 agg = "fednerf"
-            cfg = FedConfig(data=str(data), aggregator=agg, rounds=a.rounds, local_epochs=a.local_epochs,
-                            output=a.out / f"{a.scene}-{a.study}" / stamp / f"{variant or 'run'}-{agg}")
-            for kv in a.set:
-                key, _, val = kv.partition("=")
-                obj = cfg
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    obj = getattr(obj, part)
-                cur = getattr(obj, leaf)
-                setattr(obj, leaf, val.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(val))
-            t0 = time.perf_counter()
-            res = run_federated(cfg, quiet=True)
+            run_dir = stamp_dir / f"{variant or 'run'}-{agg}"
+            finished = a.resume is not None and (run_dir / "results.json").exists()
+            resuming = a.resume is not None and run_dir.exists() and not finished
+            if finished:
+                res = json.loads((run_dir / "results.json").read_text())
+                wall = res.get("wall_time_s")  # the run's own clock (the benchmark's is lost with its process)
+            else:
+                cfg = FedConfig(data=str(data), aggregator=agg, rounds=a.rounds, local_epochs=a.local_epochs,
+                                output=run_dir, resume=resuming)
+                for kv in a.set:
+                    key, _, val = kv.partition("=")
+                    obj = cfg
+                    *parents, leaf = key.split(".")
+                    for part in parents:
+                        obj = getattr(obj, part)
+                    cur = getattr(obj, leaf)
+                    setattr(obj, leaf, val.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(val))
+                t0 = time.perf_counter()
+                res = run_federated(cfg, quiet=True)
+                wall = time.perf_counter() - t0
             rounds = [json.loads(x) for x in (Path(res["run_dir"]) / "rounds.jsonl").read_text().splitlines() if x.strip()]
-            row = {"variant": variant or None, "aggregator": agg, "wall_s": round(time.perf_counter() - t0, 1),
+            row = {"variant": variant or None, "aggregator": agg, "wall_s": None if wall is None else round(wall, 1),
                    **{k: res.get(k) for k in ("psnr", "ssim", "lpips", "leakage_psnr", "leakage_psnr_max_round",
                                              "leakage_reference_psnr", "leakage_scene_psnr",
                                              "server_flops", "client_training_flops", "client_steps",
@@ -148,41 +212,26 @@ def main() -> int:
                                                          "round_time_s")}
                                  for h in rounds]}
             row["commit"], row["command"] = commit, command
+            if finished:
+                # made before the interruption: by the original code and command where benchmark.json says them
+                row["commit"] = origin.get("commit", "unrecorded")
+                row["command"] = origin.get("command", "unrecorded")
+                row["collected_by"] = command
+            elif resuming:
+                row["resumed"] = True  # its wall_s counts only the part after the resume
             if agg != requested:
                 row["requested"] = requested
                 row["note"] = f"one user: no secure sum is possible, so {requested} runs as {agg} (the server sees it)"
             rows.append(row)
             runs[f"{variant + ' ' if variant else ''}{agg}"] = Path(res["run_dir"])
             print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
-                  f"server FLOPs {res['server_flops']:.3g}  ({row['wall_s']:.0f} s)", flush=True)
-    # the issue's names for the lego studies
-    name = LEGO_RESULTS.get(a.study) if a.scene == "lego" else None
-    name = name or f"decentnerf-{a.scene}-{a.study}"
-    if a.tag:
-        name = f"{name}-{a.tag}"
-    results = ROOT / "benchmarks" / "results"
+                  f"server FLOPs {res['server_flops']:.3g}  ({row['wall_s'] or 0:.0f} s)", flush=True)
+            # after every run, so an interrupted benchmark keeps what it finished
+            write_results(target, merge(old, rows, preset, a), started, commit, command, a)
     if a.study == "ablation":
         alpha_plots(runs, results / name)
-    target = results / f"{name}.json"
-    if (a.aggregators or a.variants) and target.exists():
-        # a re-run of some aggregators replaces their rows and keeps the others (each row names its commit)
-        old = json.loads(target.read_text())
-        mine = {(r["variant"], r.get("requested", r["aggregator"])) for r in rows}
-        for r in old["rows"]:
-            r.setdefault("commit", old.get("commit"))
-            r.setdefault("command", old.get("command"))
-        order = [r["aggregator"] for r in old["rows"]]
-        rows = [r for r in old["rows"] if (r["variant"], r.get("requested", r["aggregator"])) not in mine] + rows
-        variants = [v for v, _ in crowd_dirs(preset, a.scene, a.out / "crowd")]
-        rows.sort(key=lambda r: (variants.index(r["variant"] or ""),
-                                 order.index(r["aggregator"]) if r["aggregator"] in order else len(order)))
-        started = old["started"]
     if a.study == "users":
-        users_plot(rows, results / f"{name}.png")  # after the merge: every variant's row
-    atomic_write_text(target, json.dumps({
-        "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-        "command": command, "rounds": a.rounds,
-        "local_epochs": a.local_epochs, "rows": rows}, indent=2, default=str) + "\n")
+        users_plot(merge(old, rows, preset, a), results / f"{name}.png")  # every variant's row
     print(f"-> {results / name}.json")
     return 0
 

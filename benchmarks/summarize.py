@@ -175,15 +175,26 @@ def fed_tables() -> list[str]:
                     ["variant", "aggregator", "users", "PSNR", "SSIM", "LPIPS", "leakage PSNR",
                      "person-free reference", "server render vs person-free view", "client steps", "server FLOPs",
                      "client training FLOPs", "MB up per client per round", "wall s", "commit"])
+        # a row made by another command than the file's (an earlier --aggregators run, or a run finished before
+        # an interruption and collected by --resume) names it in a footnote
+        notes: dict[str, int] = {}
         for row in r["rows"]:
             mb = row.get("bytes_up_per_client_per_round")
+            commit = row.get("commit", r["commit"])
+            cmd = row.get("command", r["command"])
+            if cmd != r["command"]:
+                extra = f" (collected by `{row['collected_by']}`)" if row.get("collected_by") else ""
+                commit += f" [{notes.setdefault(f'`{cmd}`{extra}', len(notes) + 1)}]"
+            wall = "–" if row.get("wall_s") is None else f"{row['wall_s']:.0f}"
+            if row.get("resumed"):
+                wall += " (after resuming)"
             out.append(f"| {row['variant'] or ''} | {row['aggregator']} | {row['users']} | {fmt(row['psnr'])} | "
                        f"{fmt(row['ssim'], 3)} | {fmt(row['lpips'], 3)} | {fmt(row['leakage_psnr'])} | "
                        f"{fmt(row.get('leakage_reference_psnr'))} | {fmt(row.get('leakage_scene_psnr'))} | {row['client_steps']} | "
                        f"{row['server_flops']:.3g} | {row['client_training_flops']:.3g} | "
-                       f"{'–' if mb is None else f'{mb / 1e6:.1f}'} | {row['wall_s']:.0f} | "
-                       f"{row.get('commit', r['commit'])} |")
+                       f"{'–' if mb is None else f'{mb / 1e6:.1f}'} | {wall} | {commit} |")
         out.append("")
+        out += [f"[{n}] {text}" for text, n in notes.items()] + ([""] if notes else [])
     return out
 
 
