@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from privnerf.fed.local import AlphaRule
 from privnerf.fed.secure import SecAggSettings
+from privnerf.fed.server_opt import ServerOptSettings
 from privnerf.train.config import TrainConfig
 
 AGGREGATORS = ("learned", "fedavg", "fednerf", "centralized", "oracle")
@@ -75,6 +76,8 @@ class FedConfig:
     """Batches of own rays for dL_k/dg (learned aggregation)."""
     alpha: AlphaRule = dc_field(default_factory=AlphaRule)
     secagg: SecAggSettings = dc_field(default_factory=SecAggSettings)
+    server_opt: ServerOptSettings = dc_field(default_factory=ServerOptSettings)
+    """The server's step on the aggregate (all federated aggregators; fednerf included, on the plain mean)."""
     eval_every: int = 1
     """Evaluate the global model every this many rounds (and after the last)."""
     eval_max_images: Optional[int] = None

@@ -38,7 +38,6 @@ import torch
 
 from privnerf.data.scene import Scene
 from privnerf.fed import messages
-from privnerf.fields.encoding import regrid_values
 from privnerf.train.checkpoint import atomic_torch_save
 from privnerf.train.config import TrainConfig
 from privnerf.train.trainer import Trainer
@@ -97,16 +96,6 @@ class UserState:
     alpha_history: list[float] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     """Adam moments of the user's last round (kept when ``keep_optimizer``)."""
-
-
-def _match_grid(prev: np.ndarray, now: np.ndarray) -> np.ndarray | None:
-    """``prev`` as is if it has ``now``'s shape; a grid ``(X, Y, Z, C)`` regridded to ``now``'s resolution;
-    otherwise ``None``."""
-    if np.shape(prev) == np.shape(now):
-        return prev
-    if np.ndim(prev) == 4 and np.ndim(now) == 4 and np.shape(prev)[-1] == np.shape(now)[-1]:
-        return regrid_values(torch.from_numpy(np.asarray(prev, np.float32)), np.shape(now)[:3]).numpy()
-    return None
 
 
 class LocalUser:
@@ -210,7 +199,7 @@ class LocalUser:
         prev = self.state.previous_global
         if prev is None or len(prev) != len(global_arrays):
             return None
-        prev = [_match_grid(a, b) for a, b in zip(prev, global_arrays)]
+        prev = [messages.match_shape(a, np.shape(b)) for a, b in zip(prev, global_arrays)]
         if any(a is None for a in prev):
             return None
         d = 0.0

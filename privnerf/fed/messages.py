@@ -27,6 +27,7 @@ import json
 import numpy as np
 import torch
 
+from privnerf.fields.encoding import regrid_values
 from privnerf.fields.grid_field import GridField
 
 GLOBAL_PREFIXES = ("density_grid.data", "feature_grid.data", "rgb_net.")
@@ -129,3 +130,13 @@ def decode_bounds(text: str, expected: int) -> list[float]:
     if not isinstance(b, list) or len(b) != expected:
         raise ValueError(f"bounds: expected a list of {expected} numbers, got {text[:80]!r}")
     return [float(x) for x in b]
+
+
+def match_shape(prev: np.ndarray, now_shape: tuple[int, ...]) -> np.ndarray | None:
+    """``prev`` as is if it has ``now_shape``; a grid ``(X, Y, Z, C)`` regridded to that resolution (trilinear,
+    same box); otherwise ``None``."""
+    if np.shape(prev) == tuple(now_shape):
+        return prev
+    if np.ndim(prev) == 4 and len(now_shape) == 4 and np.shape(prev)[-1] == now_shape[-1]:
+        return regrid_values(torch.from_numpy(np.asarray(prev, np.float32)), tuple(now_shape[:3])).numpy()
+    return None

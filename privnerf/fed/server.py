@@ -42,6 +42,7 @@ import flwr.compat.common.recorddict_compat as compat
 from privnerf.fed import messages
 from privnerf.fed.config import FedConfig
 from privnerf.fed.secure import quantization_bound, unscale_sum
+from privnerf.fed.server_opt import ServerOptimizer
 from privnerf.fields.grid_field import GridField
 from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
 
@@ -80,6 +81,8 @@ class ServerState:
     alpha_sum: float = 0.0
     grad_max: list[float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    server_opt: dict[str, Any] | None = None
+    """The server optimiser's moments (privnerf.fed.server_opt; None with ``--server-opt.kind none``)."""
 
 
 def arrays_digest(arrays: list[np.ndarray]) -> str:
@@ -99,7 +102,8 @@ class DecentServer:
         self.hooks = hooks
         self.state_path = self.run_dir / "server" / "state.pt"
         self.state = ServerState()
-        self.flops = {"sum": 0.0, "unmask": 0.0, "normalise": 0.0, "dot": 0.0}
+        self.flops = {"sum": 0.0, "unmask": 0.0, "normalise": 0.0, "dot": 0.0, "server_opt": 0.0}
+        self.opt = ServerOptimizer(cfg.server_opt)
 
     # -- persistence ---------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -107,6 +111,7 @@ class DecentServer:
             return False
         st = torch.load(self.state_path, map_location="cpu", weights_only=False)
         self.state = ServerState(**st)
+        self.opt.load(self.state.server_opt)
         self.field.grow_count.fill_(self.state.grow_count)
         messages.load_global(self.field, self.state.arrays)  # takes the saved (grown) grid shapes
         log.info("resumed after round %d, global weights %s", self.state.round,
@@ -116,6 +121,7 @@ class DecentServer:
     def save(self) -> None:
         self.state.arrays = messages.global_arrays(self.field)
         self.state.grow_count = int(self.field.grow_count)
+        self.state.server_opt = self.opt.state() if self.cfg.server_opt.kind != "none" else None
         atomic_torch_save(self.state.__dict__, self.state_path)
         atomic_torch_save({"field": self.field.state_dict(), "round": self.state.round,
                            "digest": arrays_digest(self.state.arrays)}, self.run_dir / "server" / "global.pt")
@@ -195,6 +201,13 @@ class DecentServer:
                 log.error("%s; round rejected, the global model is unchanged", e)
                 new = None
         if new is not None:
+            new, flops = self.opt.step(g, new)
+            self.flops["server_opt"] += flops
+            # how far the global grids moved this round (RMS over grid values): the scale a server step acts on
+            moved = [(a - b).ravel() for k, a, b in zip(messages.global_keys(self.field), new, g)
+                     if messages.is_grid_key(k) and a.shape == b.shape]
+            if moved:
+                info["grid_update_rms"] = float(np.sqrt(np.mean(np.concatenate(moved) ** 2)))
             messages.load_global(self.field, new)
             info["users"] = n
         else:
