@@ -101,8 +101,43 @@ def test_personal_content_occludes_the_global_field():
 # -- the alpha update -----------------------------------------------------------------------------------
 def _user_with(alpha: float, previous: list[np.ndarray]) -> LocalUser:
     u = LocalUser.__new__(LocalUser)
+    u.user = 0
     u.state = UserState(alpha=alpha, previous_global=previous)
     return u
+
+
+def test_centred_alpha_gradient_counts_only_the_voxels_a_user_touched():
+    """With coverage weighting the aggregate is sum alpha m g / sum alpha m per voxel, so the alpha-weighted
+    centred differences m_k (g_k - g) sum to zero: no d_k carries the aggregate's movement on voxels that
+    user never touched (that term grew with what a user did not see and pushed every alpha over its bound)."""
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=(3, 4, 5, 2)).astype(np.float32)
+    alphas = [0.2, 0.3, 0.5]
+    masks = [(rng.random((3, 4, 5)) < p).astype(np.float32) for p in (0.2, 0.5, 0.9)]
+    mine = [np.where(m[..., None] > 0, old + rng.normal(size=old.shape), old).astype(np.float32) for m in masks]
+    num = sum(a * m[..., None] * w for a, m, w in zip(alphas, masks, mine))
+    den = sum(a * m for a, m in zip(alphas, masks))[..., None]
+    agg = np.where(den > 0, num / np.where(den > 0, den, 1.0), old).astype(np.float32)
+    grad_sum = [rng.normal(size=old.shape)]
+    ds = []
+    for a, m, w in zip(alphas, masks, mine):
+        u = _user_with(a, [w])
+        u.state.previous_mask = m
+        ds.append(u.update_alpha(grad_sum, 1.0, [agg], 1.0, AlphaRule(eta=2.0)))
+    assert abs(sum(a * d for a, d in zip(alphas, ds))) < 1e-4 * sum(abs(d) for d in ds)
+    # unmasked, the least-covering user's d is dominated by everyone else's movement
+    u = _user_with(alphas[0], [mine[0]])
+    unmasked = u.update_alpha(grad_sum, 1.0, [agg], 1.0, AlphaRule(eta=2.0))
+    assert abs(unmasked - ds[0]) > abs(ds[0])
+
+
+def test_alpha_is_capped_at_the_secure_sums_bound(caplog):
+    from privnerf.fed.messages import ALPHA_BOUND
+
+    u = _user_with(0.9, [np.array([-1.0], np.float32)])
+    with caplog.at_level("WARNING"):
+        u.update_alpha([np.array([1.0])], 0.01, [np.zeros(1, np.float32)], 1.0, AlphaRule(eta=8.0))
+    assert u.state.alpha == ALPHA_BOUND and "capped" in caplog.text
 
 
 def test_alpha_grows_for_users_whose_weights_lower_everyones_loss():

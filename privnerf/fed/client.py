@@ -67,10 +67,10 @@ class DecentClient(NumPyClient):
             log.debug("user %d: d=%s alpha=%.4f", user.user, d, st.alpha)
         weights, stats = user.train(global_arrays, self.cfg.local_epochs, self.cfg.personal_warmup)
         st.alpha_history.append(st.alpha)
-        user.save_state()
         metrics = {k: stats[k] for k in ("train_time_s", "local_steps", "samples", "rays")}
         if agg == "fednerf":
             metrics["user"] = user.user  # the baseline's server knows whose update it holds
+            user.save_state()
             return weights, int(user.num_pixels), metrics
         keys = messages.global_keys(user.trainer_last.field)
         if bool(config.get("coverage", False)):
@@ -83,8 +83,11 @@ class DecentClient(NumPyClient):
                 m = np.where(touched, user.gradient_energy, 0.0)
             values = [st.alpha * (m[..., None] * w if messages.is_grid_key(k) else w) for k, w in zip(keys, weights)]
             values += [st.alpha * m, np.array([st.alpha])]
+            st.previous_mask = m.astype(np.float32)  # on the device: next round's alpha update needs it
         else:
             values = [st.alpha * w for w in weights] + [np.array([st.alpha])]
+            st.previous_mask = None
+        user.save_state()
         bounds = messages.decode_bounds(str(config["bounds"]), len(values))
         arrays, clipped = scale_for_secagg(values, bounds)
         metrics["clipped"] = clipped

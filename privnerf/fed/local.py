@@ -12,9 +12,17 @@ Decisions the paper leaves open (documented in docs/decentnerf.md with the measu
   aggregate is what ``g = sum alpha_k g_k`` differentiates through).
 * **Normalisation**: the server divides ``sum alpha_k g_k`` by ``sum alpha_k`` (both secure sums), so the
   aggregate is a convex combination; each user rescales its ``alpha_k`` by the broadcast ``sum alpha`` so the
-  weights stay on the simplex and no value ever needs a bound above 1.
+  weights start every update on the simplex. The secure sum's bound for ``alpha_k`` is 1; an update that
+  would leave it is capped there (and logged): above the bound the sum would clip ``alpha_k`` but not the
+  ``alpha_k g_k`` it weights, and the aggregate would be wrong.
 * **The update**: with normalisation, ``dL/dalpha_k = <sum_j dL_j/dg, g_k - g> / sum alpha`` ("centred");
-  the paper's literal ``<sum_j dL_j/dg, g_k>`` ("raw") adds a term common to all users. Default: the centred
+  the paper's literal ``<sum_j dL_j/dg, g_k>`` ("raw") adds a term common to all users. With coverage
+  weighting a grid voxel's aggregate is ``sum alpha m g / sum alpha m``, whose derivative in ``alpha_k`` is
+  ``m_k (g_k - g)`` there: the centred difference counts only the voxels the user's own training touched
+  (``m_k``, kept on the device from the last round). Without the mask, each user's ``d_k`` also carried the
+  aggregate's movement on every voxel it did *not* touch, a term that grows with what the user did not see
+  and that with a larger ``eta`` pushed every ``alpha_k`` above its bound (decentnerf-ablation-8 at
+  ``eta`` 8, 2026-11-24: weights of 5-80 after round 3 and a broken aggregate). Default: the centred
   gradient in an exponentiated step ``alpha_k <- alpha_k exp(-eta d_k / |sum_j L_j|)``: divided by the summed
   loss, ``d_k`` is the first-order *relative* change of everyone's loss if the global model moved to user k's
   weights, which makes ``eta`` scale-free; the multiplicative form keeps ``alpha_k > 0``.
@@ -27,6 +35,7 @@ Decisions the paper leaves open (documented in docs/decentnerf.md with the measu
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,6 +50,8 @@ from privnerf.fed import messages
 from privnerf.train.checkpoint import atomic_torch_save
 from privnerf.train.config import TrainConfig
 from privnerf.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 _SCENE_CACHE: dict[tuple[str, str], Scene] = {}
 
@@ -96,6 +107,8 @@ class UserState:
     alpha_history: list[float] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     """Adam moments of the user's last round (kept when ``keep_optimizer``)."""
+    previous_mask: np.ndarray | None = None
+    """``(X, Y, Z)`` coverage weight ``m_k`` the user sent last round (None without coverage weighting)."""
 
 
 class LocalUser:
@@ -202,9 +215,15 @@ class LocalUser:
         prev = [messages.match_shape(a, np.shape(b)) for a, b in zip(prev, global_arrays)]
         if any(a is None for a in prev):
             return None
+        mask = self.state.previous_mask if rule.gradient == "centred" else None
         d = 0.0
         for gs, gk, g in zip(grad_sum, prev, global_arrays):
             x = gk.astype(np.float64) - (g.astype(np.float64) if rule.gradient == "centred" else 0.0)
+            if mask is not None and np.ndim(g) == 4:
+                # only where this user's weight entered the voxel's mean (regridded if the grids grew)
+                m = messages.match_shape(np.asarray(mask, np.float32)[..., None], np.shape(g)[:3] + (1,))
+                if m is not None:
+                    x = x * m
             d += float(np.dot(gs.ravel(), x.ravel()))
         if rule.step == "exp":
             z = -rule.eta * d / max(abs(loss_sum), 1e-12)
@@ -212,6 +231,10 @@ class LocalUser:
         else:
             self.state.alpha = max(self.state.alpha - rule.eta * d, rule.floor)
         self.state.alpha = max(self.state.alpha, rule.floor)
+        if self.state.alpha > messages.ALPHA_BOUND:
+            log.warning("user %d: alpha %.3g above the secure sum's bound %g; capped (eta %g too large?)",
+                        self.user, self.state.alpha, messages.ALPHA_BOUND, rule.eta)
+            self.state.alpha = messages.ALPHA_BOUND
         return d
 
     @staticmethod
