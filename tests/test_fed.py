@@ -129,6 +129,12 @@ def test_centred_alpha_gradient_counts_only_the_voxels_a_user_touched():
     u = _user_with(alphas[0], [mine[0]])
     unmasked = u.update_alpha(grad_sum, 1.0, [agg], 1.0, AlphaRule(eta=2.0))
     assert abs(unmasked - ds[0]) > abs(ds[0])
+    # the earlier rule ignores the mask it holds
+    u = _user_with(alphas[0], [mine[0]])
+    u.state.previous_mask = masks[0]
+    assert u.update_alpha(grad_sum, 1.0, [agg], 1.0, AlphaRule(gradient="centred-all")) == pytest.approx(unmasked)
+    with pytest.raises(ValueError, match="alpha.gradient"):
+        AlphaRule(gradient="centered")
 
 
 def test_alpha_is_capped_at_the_secure_sums_bound(caplog):

@@ -89,10 +89,18 @@ class AlphaRule:
 
     eta: float = 2.0
     gradient: str = "centred"
-    """'centred' (<sumG, g_k - g>) or 'raw' (the paper's <sumG, g_k>)."""
+    """'centred' (<sumG, g_k - g>, on grids only where the user's training touched: the true derivative of the
+    coverage-weighted mean), 'centred-all' (the same over every voxel: the rule before 2026-11-24, which the
+    earlier learned benchmark rows used) or 'raw' (the paper's <sumG, g_k>)."""
     step: str = "exp"
     """'exp' (alpha *= exp(-eta d / |sum L|)) or 'sgd' (alpha -= eta d, the paper's Eq. 1, floored)."""
     floor: float = 1e-4
+
+    def __post_init__(self):
+        if self.gradient not in ("centred", "centred-all", "raw"):
+            raise ValueError(f"alpha.gradient: {self.gradient!r} is not one of centred, centred-all, raw")
+        if self.step not in ("exp", "sgd"):
+            raise ValueError(f"alpha.step: {self.step!r} is not one of exp, sgd")
 
 
 @dataclass
@@ -218,7 +226,7 @@ class LocalUser:
         mask = self.state.previous_mask if rule.gradient == "centred" else None
         d = 0.0
         for gs, gk, g in zip(grad_sum, prev, global_arrays):
-            x = gk.astype(np.float64) - (g.astype(np.float64) if rule.gradient == "centred" else 0.0)
+            x = gk.astype(np.float64) - (g.astype(np.float64) if rule.gradient != "raw" else 0.0)
             if mask is not None and np.ndim(g) == 4:
                 # only where this user's weight entered the voxel's mean (regridded if the grids grew)
                 m = messages.match_shape(np.asarray(mask, np.float32)[..., None], np.shape(g)[:3] + (1,))
