@@ -157,6 +157,21 @@ def test_centralized_baseline_checkpoints_and_resumes(tiny_crowd, tmp_path, monk
     assert resumed["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
 
 
+def test_a_fresh_run_refuses_a_directory_with_users_left_state(tiny_crowd, tmp_path):
+    """A run killed in its first round leaves the users' private state but no server state; a new run in that
+    directory must not start from it silently (it did: a different round 1), only with --resume."""
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.run import prepare_run
+
+    out = tmp_path / "run"
+    (out / "state" / "clients").mkdir(parents=True)
+    (out / "state" / "clients" / "user-000.pt").write_bytes(b"left by a killed run")
+    with pytest.raises(FileExistsError, match="user-000.pt"):
+        prepare_run(FedConfig(data=str(tiny_crowd), aggregator="fedavg", rounds=1, output=out))
+    assert not (out / "config.json").exists()
+    assert prepare_run(FedConfig(data=str(tiny_crowd), aggregator="fedavg", rounds=1, output=out, resume=True)) == out
+
+
 def test_secure_aggregators_refuse_a_single_user(tmp_path):
     """SecAgg+ needs two parties and a sum of one update is that update: learned/fedavg on a one-user crowd
     stop before anything is written, with the reason and the alternative."""
