@@ -96,6 +96,28 @@ def users_plot(rows: list[dict], out: Path) -> None:
     finish_plot(fig, ax, out, "users", "PSNR inside the personal masks (dB)", fontsize=7)
 
 
+def apply_sets(cfg: FedConfig, sets: list[str]) -> FedConfig:
+    """``cfg`` with each ``KEY=VALUE`` of ``--set`` applied (dotted keys into the nested configs), rebuilt so every
+    setting's own check runs. Raises ``ValueError`` naming the entry that is not a setting or not a valid value."""
+    for kv in sets:
+        key, eq, val = kv.partition("=")
+        obj = cfg
+        *parents, leaf = key.split(".")
+        try:
+            for part in parents:
+                obj = getattr(obj, part)
+            cur = getattr(obj, leaf)
+        except AttributeError:
+            raise ValueError(f"--set {kv}: {key!r} is not a FedConfig setting (see privnerf fed run --help)") from None
+        if not eq or cur is None or not isinstance(cur, (bool, int, float, str)):
+            raise ValueError(f"--set {kv}: give KEY=VALUE for a number, flag or name (this one is {cur!r})")
+        try:
+            setattr(obj, leaf, val.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(val))
+        except ValueError:
+            raise ValueError(f"--set {kv}: {val!r} is not a {type(cur).__name__}") from None
+    return FedConfig.from_json(cfg.to_json())
+
+
 def merge(old: dict | None, rows: list[dict], preset: str | None, a: argparse.Namespace) -> list[dict]:
     """``rows`` in place of the same (variant, aggregator) rows of an earlier file ``old``; the others kept (each
     row names its commit and command), in the earlier file's order."""
@@ -142,6 +164,10 @@ def main() -> int:
                         "finished runs there give their rows as they are, unfinished ones resume from their "
                         "last round or checkpoint; pass the interrupted command's other arguments unchanged")
     a = p.parse_args()
+    try:  # before anything is written: a misspelt --set would otherwise fail (or pass silently) mid-benchmark
+        apply_sets(FedConfig(), a.set)
+    except ValueError as e:
+        p.error(str(e))
     preset, aggregators = STUDIES[a.study]
     aggregators = a.aggregators or aggregators
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -190,14 +216,7 @@ def main() -> int:
             else:
                 cfg = FedConfig(data=str(data), aggregator=agg, rounds=a.rounds, local_epochs=a.local_epochs,
                                 output=run_dir, resume=resuming)
-                for kv in a.set:
-                    key, _, val = kv.partition("=")
-                    obj = cfg
-                    *parents, leaf = key.split(".")
-                    for part in parents:
-                        obj = getattr(obj, part)
-                    cur = getattr(obj, leaf)
-                    setattr(obj, leaf, val.lower() in ("1", "true", "yes") if isinstance(cur, bool) else type(cur)(val))
+                cfg = apply_sets(cfg, a.set)
                 t0 = time.perf_counter()
                 res = run_federated(cfg, quiet=True)
                 wall = time.perf_counter() - t0

@@ -85,6 +85,10 @@ def test_decentnerf_run_is_private_resumable_and_complete(tiny_crowd, tmp_path):
     from privnerf.fed import messages
 
     g = torch.load(run / "server" / "global.pt", weights_only=False)["field"]
+    # each user kept the coverage map it sent last round (the alpha update's mask), on the device
+    for f in (run / "state" / "clients").iterdir():
+        mask = torch.load(f, weights_only=False)["previous_mask"]
+        assert mask is not None and mask.shape == tuple(g["density_grid.data"].shape[:3]) and mask.max() > 0, f.name
     keys = [k for k in g if k.startswith(messages.GLOBAL_PREFIXES)]
     mlp_shapes = [tuple(g[k].shape) for k in keys if not messages.is_grid_key(k)]
     feat = g["feature_grid.data"].shape[-1]
@@ -237,4 +241,20 @@ def test_oracle_trains_on_the_person_free_copies_with_the_same_budget(tiny_crowd
     victim.unlink()
     with pytest.raises(SceneError, match=victim.name):
         prepare_run(FedConfig(data=str(broken), aggregator="oracle", output=tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+
+    # --person-free: the federated counterpart (a diagnostic): each user trains on its own views' clean copies
+    from privnerf.fed.local import LocalUser, user_views
+
+    fc = FedConfig(data=str(tiny_crowd), aggregator="fedavg", person_free=True)
+    assert fc.trains_person_free and not FedConfig(data=str(tiny_crowd), aggregator="fedavg").trains_person_free
+    user = LocalUser(1, str(tiny_crowd), fc.client_train_config(), tmp_path / "u", 1, 0.5,
+                     person_free=fc.trains_person_free)
+    views = user_views(photos, 1)
+    assert user.scene.num_views == len(views) > 0
+    for j, i in enumerate(views):
+        np.testing.assert_array_equal(user.scene.images[j], clean_view(photos, i))
+    assert any(not np.array_equal(user.scene.images[j], photos.images[i]) for j, i in enumerate(views))
+    with pytest.raises(SceneError, match=victim.name):
+        prepare_run(FedConfig(data=str(broken), aggregator="fedavg", person_free=True, output=tmp_path / "never"))
     assert not (tmp_path / "never").exists()

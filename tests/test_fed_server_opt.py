@@ -1,7 +1,11 @@
 """The server's optimiser on the aggregate (privnerf.fed.server_opt): the published rule is the identity,
 momentum and Adam follow their equations, moments follow grown grids, and the state survives a restart."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from privnerf.fed.server_opt import ServerOptimizer, ServerOptSettings
 
@@ -58,3 +62,31 @@ def test_moments_follow_grown_grids_and_survive_a_restart():
     assert out[0].shape == (8, 10, 12, 2)
     assert np.allclose(out[0] - grown[0], 0.9, atol=1e-5)
     assert np.allclose(out[1] - grown[1], 0.9, atol=1e-5)
+
+
+def test_bad_settings_are_named_even_when_set_after_construction():
+    """A misspelt kind once ran Adam silently (every name but none/momentum fell through to it); the benchmark's
+    --set changes fields after construction, so the optimiser checks again when it is built, and the benchmark
+    refuses a bad --set before it writes anything."""
+    with pytest.raises(ValueError, match="server_opt.kind"):
+        ServerOptSettings(kind="momentun")
+    with pytest.raises(ValueError, match="server_opt.beta1"):
+        ServerOptSettings(kind="momentum", beta1=1.0)
+    s = ServerOptSettings()
+    s.kind = "adma"
+    with pytest.raises(ValueError, match="adma"):
+        ServerOptimizer(s)
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_decentnerf", Path(__file__).resolve().parents[1] / "benchmarks" / "decentnerf.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from privnerf.fed.config import FedConfig
+
+    cfg = bench.apply_sets(FedConfig(), ["server_opt.kind=momentum", "server_opt.lr=2", "alpha.eta=4", "coverage=no"])
+    assert (cfg.server_opt.kind, cfg.server_opt.lr, cfg.alpha.eta, cfg.coverage) == ("momentum", 2.0, 4.0, False)
+    for bad, what in (("server_opt.kind=momentun", "momentun"), ("alpha.gradient=centered", "centered"),
+                      ("alpha.etta=4", "not a FedConfig setting"), ("alpha.eta=fast", "not a float"),
+                      ("alpha", "KEY=VALUE")):
+        with pytest.raises(ValueError, match=what):
+            bench.apply_sets(FedConfig(), [bad])

@@ -70,6 +70,10 @@ class FedConfig:
     'gradient' = the user's RMS gradient there (from its Adam second moments), scaled to a maximum of 1."""
     personal_warmup: float = 0.0
     """Share of each round's local steps that train only the personal field (global frozen)."""
+    person_free: bool = False
+    """Federated users train on their photos' person-free copies (the crowd's clean/; leakage is still scored
+    against the photos with people). A diagnostic, not a privacy mode: it splits the gap between a federated
+    run and the oracle into what federation costs and what the people cost (docs/decentnerf.md)."""
     keep_optimizer: bool = False
     """Users keep their Adam moments between rounds (on the device) instead of restarting them each round."""
     grad_batches: int = 4
@@ -107,6 +111,11 @@ class FedConfig:
     def personal_field(self) -> bool:
         """The model has a personal field beside the global one (not fednerf, not the person-free oracle)."""
         return self.aggregator not in ("fednerf", "oracle")
+
+    @property
+    def trains_person_free(self) -> bool:
+        """The training photos are the crowd's person-free copies (the oracle, or ``--person-free``)."""
+        return self.aggregator == "oracle" or self.person_free
 
     def client_train_config(self) -> TrainConfig:
         t = copy.deepcopy(self.train)

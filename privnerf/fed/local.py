@@ -75,12 +75,18 @@ def user_views(scene: Scene, user: int) -> list[int]:
     return [i for i, u in enumerate(ids) if u is not None and int(u) == int(user)]
 
 
-def load_user_scene(data: str, user: int) -> Scene:
+def load_user_scene(data: str, user: int, person_free: bool = False) -> Scene:
+    """User ``user``'s training photos (their person-free copies with ``person_free``)."""
     scene = load_dataset(data, "train")
     views = user_views(scene, user)
     if not views:
         raise ValueError(f"{data}: user {user} has no photos")
-    return scene.subset(views)
+    mine = scene.subset(views)
+    if person_free:
+        from privnerf.privacy.leakage import person_free_copy
+
+        mine = person_free_copy(mine)
+    return mine
 
 
 @dataclass
@@ -100,10 +106,17 @@ class AlphaRule:
     floor: float = 1e-4
 
     def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the setting (also called at each update: ``--set`` in the benchmark
+        changes fields after construction, and an unknown name would otherwise act as another rule)."""
         if self.gradient not in ("centred", "centred-all", "raw"):
             raise ValueError(f"alpha.gradient: {self.gradient!r} is not one of centred, centred-all, raw")
         if self.step not in ("exp", "sgd"):
             raise ValueError(f"alpha.step: {self.step!r} is not one of exp, sgd")
+        if not self.eta > 0 or not self.floor > 0:
+            raise ValueError(f"alpha.eta and alpha.floor must be > 0, got {self.eta}, {self.floor}")
 
 
 @dataclass
@@ -131,13 +144,14 @@ class LocalUser:
         cfg: the training configuration for local work (``cfg.personal.enabled`` for DecentNeRF).
         state_dir: where the private state persists (survives a restart of the client process).
         rounds, epochs: rounds and local epochs per round (the user's total steps set the learning-rate decay).
+        person_free: train on the photos' person-free copies (``FedConfig.person_free``, a diagnostic).
     """
 
     def __init__(self, user: int, data: str, cfg: TrainConfig, state_dir: Path, rounds: int, epochs: float,
-                 keep_optimizer: bool = False):
+                 keep_optimizer: bool = False, person_free: bool = False):
         self.keep_optimizer = keep_optimizer
         self.user = int(user)
-        self.scene = load_user_scene(data, self.user)
+        self.scene = load_user_scene(data, self.user, person_free)
         self.cfg = copy.deepcopy(cfg)
         gc = self.cfg.field.grid
         gc.grow_at = ()  # the server grows the global grids; clients take the shape they receive
@@ -220,6 +234,7 @@ class LocalUser:
         growing at 10-40% of the rounds.)"""
         if alpha_sum > 0:
             self.state.alpha /= alpha_sum  # back onto the simplex
+        rule.check()
         prev = self.state.previous_global
         if prev is None or len(prev) != len(global_arrays):
             return None

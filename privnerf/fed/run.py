@@ -216,7 +216,7 @@ def prepare_run(cfg: FedConfig) -> Path:
         raise FileExistsError(f"{run_dir} already holds {what}; pass --resume or choose another --output")
     train = load_dataset(cfg.data, "train")
     num_users = len(user_ids(train))
-    if cfg.aggregator == "oracle":
+    if cfg.trains_person_free:
         person_free_copy(train)  # every view's clean copy must exist before anything is written
     if cfg.secure and num_users < 2:
         # Flower's SecAgg+ refuses fewer than two parties, and a sum of one update is that update
@@ -327,7 +327,7 @@ def _run_centralized(cfg: FedConfig, harness: Harness, quiet: bool) -> dict[str,
     people."""
     set_threads(None)
     tc = cfg.client_train_config()
-    scene = person_free_copy(harness.train_scene) if cfg.aggregator == "oracle" else harness.train_scene
+    scene = person_free_copy(harness.train_scene) if cfg.trains_person_free else harness.train_scene
     per_user = []
     for k in harness.users:
         px = sum(h * w for h, w in (scene.hw(i) for i in user_views(scene, k)))

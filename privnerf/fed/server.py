@@ -200,9 +200,15 @@ class DecentServer:
             except ValueError as e:
                 log.error("%s; round rejected, the global model is unchanged", e)
                 new = None
-        if new is not None:
+        if new is not None and cfg.server_opt.kind != "none":
             new, flops = self.opt.step(g, new)
             self.flops["server_opt"] += flops
+            try:  # a server step too large for the field can leave finite aggregates and produce Inf
+                messages.check_arrays(self.field, new, f"round {rnd} server step ({cfg.server_opt.kind})")
+            except ValueError as e:
+                log.error("%s; round rejected, the global model is unchanged", e)
+                new = None
+        if new is not None:
             # how far the global grids moved this round (RMS over grid values): the scale a server step acts on
             moved = [(a - b).ravel() for k, a, b in zip(messages.global_keys(self.field), new, g)
                      if messages.is_grid_key(k) and a.shape == b.shape]

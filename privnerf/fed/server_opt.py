@@ -42,6 +42,22 @@ class ServerOptSettings:
     eps: float = 1e-3
     """Adam's denominator floor (FedAdam's tau; ``adam`` only): below it a coordinate's step shrinks."""
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the setting (also called when the optimiser is built, since the benchmark's
+        ``--set`` changes fields after construction)."""
+        if self.kind not in ("none", "momentum", "adam"):
+            raise ValueError(f"server_opt.kind: {self.kind!r} is not one of none, momentum, adam")
+        if not self.lr > 0:
+            raise ValueError(f"server_opt.lr must be > 0, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"server_opt.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"server_opt.eps must be > 0, got {self.eps}")
+
 
 class ServerOptimizer:
     """The server's optimiser state over the global arrays (kept in the server's saved state).
@@ -50,6 +66,7 @@ class ServerOptimizer:
     the next global weights (float32). ``state()`` / ``load(state)`` for the server's checkpoint."""
 
     def __init__(self, cfg: ServerOptSettings):
+        cfg.check()
         self.cfg = cfg
         self.t = 0
         self.m: list[np.ndarray] | None = None
