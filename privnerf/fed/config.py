@@ -70,6 +70,9 @@ class FedConfig:
     'gradient' = the user's RMS gradient there (from its Adam second moments), scaled to a maximum of 1."""
     personal_warmup: float = 0.0
     """Share of each round's local steps that train only the personal field (global frozen)."""
+    personal_warmup_after: int = 1
+    """The warm-up starts once a user has trained this many rounds (on the first, nearly empty, aggregate a
+    personal field trained alone takes the scene itself)."""
     person_free: bool = False
     """Federated users train on their photos' person-free copies (the crowd's clean/; leakage is still scored
     against the photos with people). A diagnostic, not a privacy mode: it splits the gap between a federated
