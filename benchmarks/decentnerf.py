@@ -159,6 +159,8 @@ def main() -> int:
     p.add_argument("--tag", default=None,
                    help="results go to <name>-<tag>.json (e.g. r30 for a 30-round schedule beside the 10-round one)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-fed")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results",
+                   help="where <name>.json and its plots go (a trial run elsewhere keeps the recorded results)")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="an interrupted benchmark's run directory (outputs/bench-fed/<scene>-<study>/<time>): "
                         "finished runs there give their rows as they are, unfinished ones resume from their "
@@ -183,7 +185,8 @@ def main() -> int:
     name = name or f"decentnerf-{a.scene}-{a.study}"
     if a.tag:
         name = f"{name}-{a.tag}"
-    results = ROOT / "benchmarks" / "results"
+    results = a.results_dir
+    results.mkdir(parents=True, exist_ok=True)
     target = results / f"{name}.json"
     # a subset of aggregators (or a resume) replaces those rows in an existing file and keeps the others;
     # a full run starts the file afresh. Read once, before this run writes anything.

@@ -136,7 +136,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="local steps per round (default: the run's local epochs)")
     ap.add_argument("--eval-images", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "personal-uptake.json")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot and table of --out")
     a = ap.parse_args()
+    if a.replot:
+        rows = json.loads(a.out.read_text())["rows"]
+        plot(rows, a.out.with_suffix(".png"))
+        summary(rows)
+        return
     set_threads(None)
     cfg_path = a.run / "config.json"
     if not cfg_path.exists():
@@ -157,6 +163,7 @@ def main() -> None:
     for name, sets in variants:
         rows += run_variant(name, sets, base, agg, a.users, a.rounds, a.steps, a.eval_images)
         write(a, rows, started)
+        plot(rows, a.out.with_suffix(".png"))
     summary(rows)
 
 
@@ -169,6 +176,33 @@ def write(a, rows: list[dict], started: str) -> None:
            "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(doc, indent=1) + "\n")
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """Upload leakage and the user's own person PSNR per simulated round, one line per variant (mean over users)."""
+    import matplotlib.pyplot as plt
+
+    from privnerf.eval.report import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    for ax, key, title in zip(axes, ("upload_leak", "own_person", "upload_psnr"),
+                              ("upload vs photo in the person mask\n(leakage; low = person not uploaded)",
+                               "user's own render in the person mask\n(high = the user keeps its person)",
+                               "upload, PSNR on test views")):
+        for name in names:
+            rs = [r for r in rows if r["variant"] == name]
+            rounds = sorted({r["round"] for r in rs})
+            ax.plot(rounds, [np.mean([r[key] for r in rs if r["round"] == k and r[key] is not None]) for k in rounds],
+                    "o-", ms=3, label=name)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("simulated round (0 = the aggregate)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR (dB)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out, dpi=110)
+    plt.close(fig)
 
 
 def summary(rows: list[dict]) -> None:

@@ -258,3 +258,30 @@ def test_oracle_trains_on_the_person_free_copies_with_the_same_budget(tiny_crowd
     with pytest.raises(SceneError, match=victim.name):
         prepare_run(FedConfig(data=str(broken), aggregator="fedavg", person_free=True, output=tmp_path / "never"))
     assert not (tmp_path / "never").exists()
+
+
+def test_personal_warmup_waits_for_the_second_round_then_freezes_the_global_field(tiny_crowd, tmp_path):
+    """--personal-warmup: in a user's first round(s) the personal field is frozen (a personal field trained
+    alone on the empty first aggregate takes the scene itself); afterwards the warm-up share of the steps trains
+    only the personal field, so with a warm-up of the whole round the upload is exactly what was received."""
+    from privnerf.fed import messages
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.local import LocalUser
+    from privnerf.train.trainer import Trainer
+
+    fc = FedConfig(data=str(tiny_crowd), aggregator="learned", personal_warmup=1.0, personal_warmup_after=1)
+    tc = fc.client_train_config()
+    user = LocalUser(0, str(tiny_crowd), tc, tmp_path / "u", 3, 0.5)
+    start = messages.global_arrays(Trainer(tc, user.scene).field)
+    fresh = {k: v.clone() for k, v in user.trainer(start).personal.state_dict().items()}
+
+    up1, _ = user.train(start, 0.5, fc.personal_warmup, fc.personal_warmup_after)  # round 1: global only
+    assert user.state.rounds == 1
+    assert any(not np.array_equal(a, b) for a, b in zip(up1, start))
+    for k, v in user.state.personal.items():
+        torch.testing.assert_close(v, fresh[k], rtol=0, atol=0, msg=f"personal {k} trained in the first round")
+
+    up2, _ = user.train(up1, 0.5, fc.personal_warmup, fc.personal_warmup_after)  # round 2: all warm-up
+    for a, b in zip(up2, up1):
+        np.testing.assert_array_equal(a, b)
+    assert any(not torch.equal(v, fresh[k]) for k, v in user.state.personal.items() if k.startswith("density"))
