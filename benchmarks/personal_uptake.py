@@ -116,7 +116,7 @@ def run_variant(name: str, sets: list[str], base: FedConfig, agg: list[np.ndarra
                 if r == 0:  # the aggregate as received, with a fresh personal field
                     t = user.trainer(agg)
                 else:
-                    user.train(agg, epochs, cfg.personal_warmup, warmup_after=0)  # the aggregate is trained
+                    user.train(agg, epochs, cfg.personal_warmup, warmup_after=0, warmup_extra=cfg.personal_warmup_extra)  # the aggregate is trained
                     t = user.trainer_last
                 dt = time.perf_counter() - t0
                 m = measure(user, t, cfg, eval_images)

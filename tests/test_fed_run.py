@@ -285,3 +285,11 @@ def test_personal_warmup_waits_for_the_second_round_then_freezes_the_global_fiel
     for a, b in zip(up2, up1):
         np.testing.assert_array_equal(a, b)
     assert any(not torch.equal(v, fresh[k]) for k, v in user.state.personal.items() if k.startswith("density"))
+
+    # --personal-warmup-extra: the warm-up comes on top, so the global field still trains the round's steps
+    steps = user.steps_per_round(0.5)
+    before = user.state.steps
+    up3, stats = user.train(up2, 0.5, 0.5, 1, warmup_extra=True)
+    assert stats["local_steps"] == steps + round(0.5 * steps)
+    assert user.state.steps == before + steps  # the decay follows the round's steps
+    assert any(not np.array_equal(a, b) for a, b in zip(up3, up2))

@@ -66,7 +66,7 @@ class DecentClient(NumPyClient):
                                   AlphaRule(**json.loads(str(config.get("alpha_rule", "{}")))))
             log.debug("user %d: d=%s alpha=%.4f", user.user, d, st.alpha)
         weights, stats = user.train(global_arrays, self.cfg.local_epochs, self.cfg.personal_warmup,
-                                    self.cfg.personal_warmup_after)
+                                    self.cfg.personal_warmup_after, self.cfg.personal_warmup_extra)
         st.alpha_history.append(st.alpha)
         metrics = {k: stats[k] for k in ("train_time_s", "local_steps", "samples", "rays")}
         if agg == "fednerf":

@@ -73,6 +73,9 @@ class FedConfig:
     ``--train.personal.lr-grid 1.0`` it moves each user's static people into its personal field
     (decentnerf-lego-20-x5-pw50: leakage 6.19 -> 4.75 dB, SSIM 0.778 -> 0.797, LPIPS 0.304 -> 0.250, but PSNR
     21.78 -> 19.90, the global field training on half the steps; off by default, docs/decentnerf.md)."""
+    personal_warmup_extra: bool = False
+    """The warm-up steps come on top of each round's local steps instead of out of them (the global field keeps
+    all its steps; the client trains longer, and its step count says so)."""
     personal_warmup_after: int = 1
     """The warm-up starts once a user has trained this many rounds (on the first, nearly empty, aggregate a
     personal field trained alone takes the scene itself)."""

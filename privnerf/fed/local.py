@@ -277,17 +277,21 @@ class LocalUser:
         return (e / m).double().numpy() if m > 0 else e.double().numpy()
 
     def train(self, global_arrays: list[np.ndarray], epochs: float, personal_warmup: float = 0.0,
-              warmup_after: int = 1) -> tuple[list[np.ndarray], dict[str, float]]:
+              warmup_after: int = 1, warmup_extra: bool = False) -> tuple[list[np.ndarray], dict[str, float]]:
         """Local training from the received global weights and the user's own personal state; the first
         ``personal_warmup`` share of the steps trains the personal field only (the global one is frozen), so
         what the aggregate cannot explain goes to the personal field before local training relearns it.
         The warm-up runs only once the user has trained ``warmup_after`` rounds: in its first round the
         aggregate is (nearly) empty, and a personal field trained alone on it takes the scene itself (demo
-        crowd, warm-up in every round: 13.4 dB after 4 rounds against 18.2, docs/decentnerf.md)."""
+        crowd, warm-up in every round: 13.4 dB after 4 rounds against 18.2, docs/decentnerf.md). With
+        ``warmup_extra`` the warm-up steps come on top of the round's steps (the global field keeps all of
+        them; the client trains longer)."""
         t = self.trainer(global_arrays)
         steps = self.steps_per_round(epochs)
         warming = t.personal is not None and personal_warmup > 0
         warm = int(round(personal_warmup * steps)) if warming and self.state.rounds >= warmup_after else 0
+        if warmup_extra:
+            steps += warm
         n_global = len(t.field.grids())
         saved = (list(t.grid_opt.lrs), t.mlp_opt.param_groups[0]["base_lr"])
         if warming and self.state.rounds < warmup_after:
@@ -307,7 +311,8 @@ class LocalUser:
             psnr.append(s["psnr"])
             samples += s["samples"]
         dt = time.perf_counter() - t0
-        self.state.steps = t.step_count
+        # extra warm-up steps do not advance the learning-rate decay across rounds (it is set for the round's steps)
+        self.state.steps = t.step_count - (warm if warmup_extra else 0)
         self.state.rounds += 1
         if self.keep_optimizer:
             self.state.optimizer = {"grid": t.grid_opt.state_dict(), "mlp": t.mlp_opt.state_dict()}
