@@ -51,8 +51,12 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+            "python": platform.python_version(), "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
+
+DEVICE = "cpu"
+"""Where both fields train and render (``--device``; CUDA runs the pure-PyTorch grid kernels)."""
 
 GRID_OVERRIDES: list[str] = []
 """``section.key=value`` settings applied to the grid field's config (``--set``; check runs only)."""
@@ -82,14 +86,14 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
 
 
 def grid_config(data: str, max_time: float, out: Path, **kw) -> TrainConfig:
-    cfg = TrainConfig(data=data, output=out, max_time=max_time, steps=10**9, **kw)
+    cfg = TrainConfig(data=data, output=out, max_time=max_time, steps=10**9, device=DEVICE, **kw)
     for item in GRID_OVERRIDES:
         apply_override(cfg, item)
     return cfg
 
 
 def vanilla_config(data: str, max_time: float, out: Path, **kw) -> TrainConfig:
-    cfg = TrainConfig(data=data, output=out, max_time=max_time, steps=10**9, **kw)
+    cfg = TrainConfig(data=data, output=out, max_time=max_time, steps=10**9, device=DEVICE, **kw)
     cfg.field.kind = "vanilla"
     cfg.optim.batch_rays = 1024
     cfg.render.samples_per_ray = 192
@@ -149,12 +153,17 @@ def main() -> int:
     p.add_argument("--fields", choices=["both", "grid"], default="both",
                    help="'grid' skips the classic-MLP baseline (a check run, not a benchmark row)")
     p.add_argument("--tag", default="", help="suffix for the results file name")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the GPU rows of BENCHMARKS.md (tag them, e.g. --tag h100)")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="grid config override for a check run, e.g. render.step_ratio=0.75 (with --fields grid)")
     a = p.parse_args()
     if a.set and a.fields != "grid":
         raise SystemExit("--set changes only the grid run: use it with --fields grid (a check run, not a benchmark row)")
     GRID_OVERRIDES.extend(a.set)
+    global DEVICE
+    DEVICE = a.device
     tiny = DATA / "tiny_lego" / "lego_tiny_100.npz"
     lego = DATA / "nerf_synthetic" / "lego"
     cases = []
@@ -177,9 +186,9 @@ def main() -> int:
             "started": started, "machine": machine(), "commit": commit.stdout.strip(),
             "command": "python benchmarks/engine.py" + (f" --only {a.only}" if a.only else "")
             + (f" --scale {a.scale}" if a.scale != 1.0 else "") + (f" --fields {a.fields}" if a.fields != "both" else "")
-            + (f" --tag {a.tag}" if a.tag else "") + "".join(f" --set {x}" for x in a.set),
+            + (f" --tag {a.tag}" if a.tag else "") + (f" --device {a.device}" if a.device != "cpu" else "") + "".join(f" --set {x}" for x in a.set),
         })
-        out = ROOT / "benchmarks" / "results" / f"engine-{name}{'-' + a.tag if a.tag else ''}.json"
+        out = a.results_dir / f"engine-{name}{'-' + a.tag if a.tag else ''}.json"
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         print(f"\n{name}: {json.dumps(result['summary'], indent=2)}\n-> {out}")
     return 0

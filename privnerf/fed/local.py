@@ -274,7 +274,7 @@ class LocalUser:
         sq = [st["exp_avg_sq"] for st in t.grid_opt.state[: len(t.field.grids())]]
         e = sum(torch.sqrt(s).mean(dim=-1) for s in sq)
         m = float(e.max())
-        return (e / m).double().numpy() if m > 0 else e.double().numpy()
+        return ((e / m) if m > 0 else e).double().cpu().numpy()
 
     def train(self, global_arrays: list[np.ndarray], epochs: float, personal_warmup: float = 0.0,
               warmup_after: int = 1, warmup_extra: bool = False) -> tuple[list[np.ndarray], dict[str, float]]:

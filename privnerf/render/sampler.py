@@ -75,8 +75,9 @@ def march(
         t0, t1 = ray_aabb(origins, dirs, occ.box)
         t0 = t0.clamp(min=near)
         t1 = t1.clamp(max=far)
-        ext = load_grid_ext()
-        if ext is not None and origins.device.type == "cpu":
+        # the device test first: a CUDA run never needs (nor compiles) the CPU kernels
+        ext = load_grid_ext() if origins.device.type == "cpu" else None
+        if ext is not None:
             ray_idx, t = ext.march_rays(
                 origins.float().contiguous(), dirs.float().contiguous(), t0.float().contiguous(), t1.float().contiguous(),
                 offset.float().contiguous(), float(step), occ.binary.contiguous(), occ.box.float().contiguous(),
@@ -100,7 +101,7 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
     density adds to the first (a personal field's bound).
     """
     grid = getattr(field, "density_grid", None)
-    ext = load_grid_ext()
+    ext = load_grid_ext() if origins.device.type == "cpu" else None
     if (grid is None or ext is None or field.space.contraction or origins.device.type != "cpu" or not grid.sparse
             or not getattr(field, "density_is_grid", True)):
         return None
