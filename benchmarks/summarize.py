@@ -57,12 +57,32 @@ def engine_tables() -> list[str]:
     return out
 
 
+def gpu_table() -> list[str]:
+    """Engine runs on a GPU (``engine.py --device cuda --tag ...``), one row per field."""
+    out = []
+    for path in sorted(RESULTS.glob("engine-*.json")):
+        r = json.loads(path.read_text())
+        if path.name == "engine-loss-sweep.json" or not r.get("machine", {}).get("cuda"):
+            continue
+        m = r["machine"]
+        for field, run in r["runs"].items():
+            out.append(f"| {r['case']} | {'grid (ours)' if field == 'grid' else 'vanilla 8x256 MLP'} | {m.get('gpu')}, "
+                       f"torch {m['torch']} | {run['train_time_s']:.0f} | {run['steps']:,} | {run['num_images']} | "
+                       f"{fmt(run['psnr'])} | {fmt(run['ssim'], 3)} | {fmt(run['lpips'], 3)} | {run['rays_per_s']:,.0f} | "
+                       f"{run['render_time_per_image_s']:.2f} | `{path.name}`, commit {r['commit']}: `{r['command']}` |")
+    if not out:
+        return []
+    return (["### Engine on a GPU", "",
+             "| case | field | device | train s | steps | test views | PSNR | SSIM | LPIPS | rays/s | render s/frame | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"] + out + [""])
+
+
 def check_runs() -> list[str]:
     """Grid-only check runs (``engine.py --fields grid --tag ...``): not benchmark rows, no baseline."""
     out = []
     for path in sorted(RESULTS.glob("engine-*-*.json")):
         r = json.loads(path.read_text())
-        if path.name == "engine-loss-sweep.json" or "vanilla" in r["runs"]:
+        if path.name == "engine-loss-sweep.json" or "vanilla" in r["runs"] or r.get("machine", {}).get("cuda"):
             continue
         g = r["runs"]["grid"]
         curve = ", ".join(f"{p['time_s']:.0f}s {p['psnr']:.2f}" for p in g.get("curve", []))
@@ -321,7 +341,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables()))
+    print("\n".join(engine_tables() + gpu_table() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")
