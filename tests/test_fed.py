@@ -98,6 +98,44 @@ def test_personal_content_occludes_the_global_field():
     assert float(out["personal_opacity"].min()) > 0.99
 
 
+def test_personal_exclusion_keeps_the_personal_field_off_what_the_aggregate_holds():
+    """``exclude_alpha``: zero personal density inside the cells the received aggregate occupies, unchanged
+    elsewhere; the render then composites no personal content there (the unfused path, which honours it)."""
+    from privnerf.fed.local import aggregate_occupancy
+
+    field = small_field()
+    with torch.no_grad():  # the aggregate holds a slab z < 0 and nothing above it
+        z = torch.linspace(-1, 1, field.density_grid.data.shape[2])
+        field.density_grid.data[...] = torch.where(z < 0, 50.0, -50.0).view(1, 1, -1, 1)
+    pf = PersonalField(PersonalFieldConfig(resolution=8, appearance=False, exclude_alpha=0.05), field.space.box,
+                       1, 12, 0.05)
+    with torch.no_grad():
+        pf.density_grid.data.fill_(200.0)  # the personal field would fill the whole box
+    occ_g = aggregate_occupancy(field, 16, 0.05, pf.cfg.exclude_alpha)
+    xs = torch.rand(4000, 3) * 1.8 - 0.9
+    with torch.no_grad():
+        before = pf.density_bound(xs)
+        pf.set_exclusion(occ_g)
+        after = pf.density_bound(xs)
+    held = occ_g.query(xs)
+    assert held.any() and (~held).any()
+    assert float(after[held].abs().max()) == 0.0
+    torch.testing.assert_close(after[~held], before[~held])
+    assert "_exclusion" not in "".join(pf.state_dict())  # device-side, rebuilt each round, never saved
+    # rays from above meet personal content in the empty half and stop there: the global slab stays hidden,
+    # rays from below start inside the slab, where the personal field may not be, and see the global colour
+    settings = RenderSettings(0.0, 4.0, 0.02, torch.tensor([1.0, 1.0, 1.0]))
+    occ = OccupancyGrid(field.space.box, 16)
+    down = torch.tensor([[0.0, 0.0, -1.0]]).repeat(4, 1)
+    with torch.no_grad():
+        top = render_rays_personal(field, pf, occ, torch.tensor([[0.0, 0.0, 3.0]]).repeat(4, 1), down,
+                                   torch.zeros(4, dtype=torch.long), settings)
+        inside = render_rays_personal(field, pf, occ, torch.tensor([[0.0, 0.0, -0.5]]).repeat(4, 1), down,
+                                      torch.zeros(4, dtype=torch.long), settings)
+    assert float(top["personal_opacity"].min()) > 0.99
+    assert float(inside["personal_opacity"].max()) < 1e-3
+
+
 # -- the alpha update -----------------------------------------------------------------------------------
 def _user_with(alpha: float, previous: list[np.ndarray]) -> LocalUser:
     u = LocalUser.__new__(LocalUser)

@@ -89,6 +89,16 @@ def load_user_scene(data: str, user: int, person_free: bool = False) -> Scene:
     return mine
 
 
+def aggregate_occupancy(field, resolution: int, step: float, alpha: float):
+    """Where the global field (a received aggregate) is occupied: an OccupancyGrid of its density alone, cells
+    whose opacity over one render step ``step`` exceeds ``alpha`` (``PersonalFieldConfig.exclude_alpha``)."""
+    from privnerf.render.occupancy import OccupancyGrid
+
+    occ = OccupancyGrid(field.space.box, resolution).to(field.space.box.device)
+    occ.update(field.density_space, step, alpha)
+    return occ
+
+
 @dataclass
 class AlphaRule:
     """How a user updates its aggregation weight (see the module docstring)."""
@@ -195,6 +205,9 @@ class LocalUser:
             t.grid_opt.load_state_dict(self.state.optimizer["grid"])
             t.mlp_opt.load_state_dict(self.state.optimizer["mlp"])
         st = self.cfg.render
+        if t.personal is not None and self.cfg.personal.exclude_alpha > 0:
+            t.personal.set_exclusion(aggregate_occupancy(t.field, st.occ_resolution, t.occ_step,
+                                                         self.cfg.personal.exclude_alpha))
         t.occ.update(t.occupancy_density, t.occ_step, st.occ_threshold)
         return t
 

@@ -174,6 +174,11 @@ class Harness:
             pc = self.cfg.client_train_config().personal
             pf = PersonalField(pc, field.space.box, len(own), field.cfg.feature_dim, self.reference.occ_step)
             pf.load_state_dict(st["personal"])
+            if pc.exclude_alpha > 0:  # as the user trained it: kept off what the aggregate holds
+                from privnerf.fed.local import aggregate_occupancy
+
+                pf.set_exclusion(aggregate_occupancy(field, self.reference.cfg.render.occ_resolution,
+                                                     self.reference.occ_step, pc.exclude_alpha))
             both = OccupancyGrid(field.space.box, self.reference.cfg.render.occ_resolution)
             both.update(lambda xs: field.density_space(xs) + pf.density_bound(xs), self.reference.occ_step,
                         self.reference.cfg.render.occ_threshold)

@@ -51,6 +51,12 @@ class PersonalFieldConfig:
     """Per-image affine colour codes (kept on the client)."""
     lr_grid: float = 0.05
     lr_mlp: float = 1e-3
+    exclude_alpha: float = 0.0
+    """Federated clients: the personal density is zero wherever the received aggregate's opacity over one render
+    step exceeds this (0 = off). People stand where the aggregate is empty; the object's detail lies where it is
+    occupied, and a personal field allowed there re-renders that detail for its user's views (decision and
+    measurement: docs/decentnerf.md, "Giving the global steps back"). With it on, rendering takes the unfused
+    march-then-cull path (the fused CPU kernel reads the personal grid itself and knows no exclusion)."""
 
 
 class PersonalField(nn.Module):
@@ -83,6 +89,13 @@ class PersonalField(nn.Module):
         with torch.no_grad():
             self.mlp[-1].bias.copy_(torch.tensor([2.0, 0.0, 0.0, 0.0, 0.0]))
         self.appearance = nn.Parameter(torch.zeros(num_images, 6)) if cfg.appearance else None
+        self._exclusion = None
+
+    def set_exclusion(self, occ) -> None:
+        """Zero the personal density inside the occupied cells of ``occ`` (an OccupancyGrid over the global
+        field, built from the received aggregate; ``None`` lifts it). Not part of the state: the client rebuilds
+        it from each round's aggregate."""
+        object.__setattr__(self, "_exclusion", occ)  # not a submodule: no state_dict entry
 
     def grids(self) -> list[DenseGrid]:
         return [self.density_grid, self.feature_grid]
@@ -94,7 +107,10 @@ class PersonalField(nn.Module):
     def density_bound(self, xs: torch.Tensor) -> torch.Tensor:
         """Upper bound over images of the personal density at working-box points ``(m, 3)`` → ``(m,)``."""
         raw = self.density_grid(xs)[:, 0]
-        return nn.functional.softplus(raw + self.shift) * self._inside(xs)
+        keep = self._inside(xs)
+        if self._exclusion is not None:
+            keep = keep & ~self._exclusion.query(xs)
+        return nn.functional.softplus(raw + self.shift) * keep
 
     def forward(self, xs: torch.Tensor, global_feat: torch.Tensor, image: torch.Tensor):
         """Personal density ``(m,)``, colour ``(m, 3)`` and uncertainty ``(m,)`` at working-box points.
