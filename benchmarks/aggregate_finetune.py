@@ -37,12 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from privnerf.eval.evaluate import evaluate_split  # noqa: E402
-from privnerf.fed import messages  # noqa: E402
 from privnerf.fed.config import FedConfig  # noqa: E402
-from privnerf.fed.local import load_dataset  # noqa: E402
+from privnerf.fed.local import load_dataset, trainer_at  # noqa: E402
 from privnerf.privacy.leakage import person_free_copy  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
-from privnerf.train.trainer import Trainer, set_threads  # noqa: E402
+from privnerf.train.trainer import set_threads  # noqa: E402
 
 MODES = ("none", "mlp", "grids", "all")
 
@@ -53,9 +52,15 @@ def load_run(run: Path) -> tuple[FedConfig, list, int]:
     for p in (cfg_path, state_path):
         if not p.exists():
             raise SystemExit(f"{p}: not found ({run} is not a finished privnerf fed run directory)")
-    cfg = FedConfig.from_json(cfg_path.read_text())
-    st = torch.load(state_path, map_location="cpu", weights_only=False)
-    return cfg, st["arrays"], int(st.get("round", 0))
+    try:
+        cfg = FedConfig.from_json(cfg_path.read_text())
+    except (ValueError, TypeError, KeyError) as e:
+        raise SystemExit(f"{cfg_path}: not a privnerf fed run configuration ({e})") from None
+    try:
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        return cfg, st["arrays"], int(st.get("round", 0))
+    except Exception as e:  # a truncated or foreign file: name it instead of a pickle traceback
+        raise SystemExit(f"{state_path}: not a readable server state ({type(e).__name__}: {e})") from None
 
 
 def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, views: int) -> dict:
@@ -64,9 +69,7 @@ def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, v
     tc.field.grid.grow_at = ()  # the aggregate's shapes are final
     tc.steps = max(steps, 1)  # the learning rate decays over the fine-tune, as over a run
     tc.device = "cpu"
-    t = Trainer(tc, train)
-    messages.load_global(t.field, arrays)
-    t._build_optimizers()  # the grids were replaced by the aggregate's shapes
+    t = trainer_at(tc, train, arrays)
     t.occ.update(t.occupancy_density, t.occ_step, tc.render.occ_threshold)
     n_grids = len(t.field.grids())
     if mode in ("mlp",):
@@ -97,8 +100,10 @@ def main() -> int:
     a = p.parse_args()
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise SystemExit(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    if bad or not modes:
+        raise SystemExit(f"--modes: unknown {bad or a.modes!r}; choose from {', '.join(MODES)}")
+    if a.steps < 1 or a.views < 1:
+        raise SystemExit(f"--steps ({a.steps}) and --views ({a.views}) must be at least 1")
     set_threads(a.threads)
     cfg, arrays, rnd = load_run(a.run)
     if not cfg.data or not Path(cfg.data).exists():
@@ -106,7 +111,11 @@ def main() -> int:
     train = person_free_copy(load_dataset(cfg.data, "train"))
     test = load_dataset(cfg.data, "test")
     out = ROOT / "benchmarks" / "results" / f"aggregate-finetune{'-' + a.tag if a.tag else ''}.json"
-    doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    try:
+        doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
+        doc["rows"]
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"{out}: exists but is not this script's results file (move it away or use --tag)") from None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     bench = a.run.parent / "benchmark.json"
     source = json.loads(bench.read_text()).get("command") if bench.exists() else None

@@ -161,6 +161,8 @@ def main() -> int:
     a = p.parse_args()
     if a.set and a.fields != "grid":
         raise SystemExit("--set changes only the grid run: use it with --fields grid (a check run, not a benchmark row)")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
     GRID_OVERRIDES.extend(a.set)
     global DEVICE
     DEVICE = a.device

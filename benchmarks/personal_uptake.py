@@ -50,7 +50,7 @@ from privnerf.fed import messages  # noqa: E402
 from privnerf.fed.config import FedConfig  # noqa: E402
 from privnerf.fed.local import LocalUser, load_dataset  # noqa: E402
 from privnerf.privacy.leakage import _personal_pixels, clean_view, masked_psnr, personal_content_psnr  # noqa: E402
-from privnerf.render.occupancy import OccupancyGrid  # noqa: E402
+from privnerf.render.occupancy import occupancy_of  # noqa: E402
 from privnerf.render.renderer import render_rays_personal  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 from privnerf.train.trainer import set_threads  # noqa: E402
@@ -87,8 +87,8 @@ def own_person_psnr(t, scene, user: int, own_views: list[int], max_views: int) -
 def measure(user: LocalUser, t, cfg: FedConfig, eval_images: int) -> dict[str, float | None]:
     scene = load_dataset(cfg.data, "train")
     field = t.field
-    occ = OccupancyGrid(field.space.box, t.cfg.render.occ_resolution)
-    occ.update(field.density_space, t.occ_step, t.cfg.render.occ_threshold)
+    occ = occupancy_of(field.density_space, field.space.box, t.cfg.render.occ_resolution, t.occ_step,
+                       t.cfg.render.occ_threshold)
     settings = t.settings(inference=True, field=field)
     leak, behind = personal_content_psnr(field, occ, settings, scene, user.user, cfg.leakage_views)
     own_views = [i for i, m in enumerate(scene.frame_meta) if int(m.get("user_id", -1)) == user.user]

@@ -134,6 +134,16 @@ def test_personal_exclusion_keeps_the_personal_field_off_what_the_aggregate_hold
                                       torch.zeros(4, dtype=torch.long), settings)
     assert float(top["personal_opacity"].min()) > 0.99
     assert float(inside["personal_opacity"].max()) < 1e-3
+    # the fused CPU culling reads the personal grid itself, so it declines while an exclusion is set
+    from privnerf.fields.ext import load_grid_ext
+    from privnerf.render.sampler import march_culled
+
+    args = (torch.tensor([[0.0, 0.0, 3.0]]).repeat(4, 1), down, 0.0, 4.0, field, occ, 0.02, False, 1e-4)
+    assert march_culled(*args, extra=pf) is None
+    pf.set_exclusion(None)
+    assert pf.exclusion is None
+    if load_grid_ext() is not None:  # without the compiled kernels there is no fused path to decline
+        assert march_culled(*args, extra=pf) is not None
 
 
 # -- the alpha update -----------------------------------------------------------------------------------

@@ -89,14 +89,21 @@ def load_user_scene(data: str, user: int, person_free: bool = False) -> Scene:
     return mine
 
 
+def trainer_at(cfg: TrainConfig, scene: Scene, global_arrays: list[np.ndarray]) -> Trainer:
+    """A trainer on ``scene`` whose global field holds ``global_arrays`` (shapes included: the server may have
+    grown the grids), with optimizers built for those tensors. The occupancy grid is not yet refreshed."""
+    t = Trainer(cfg, scene)
+    messages.load_global(t.field, global_arrays)
+    t._build_optimizers()  # grids may have been replaced by the received shapes
+    return t
+
+
 def aggregate_occupancy(field, resolution: int, step: float, alpha: float):
     """Where the global field (a received aggregate) is occupied: an OccupancyGrid of its density alone, cells
     whose opacity over one render step ``step`` exceeds ``alpha`` (``PersonalFieldConfig.exclude_alpha``)."""
-    from privnerf.render.occupancy import OccupancyGrid
+    from privnerf.render.occupancy import occupancy_of
 
-    occ = OccupancyGrid(field.space.box, resolution).to(field.space.box.device)
-    occ.update(field.density_space, step, alpha)
-    return occ
+    return occupancy_of(field.density_space, field.space.box, resolution, step, alpha)
 
 
 @dataclass
@@ -193,13 +200,11 @@ class LocalUser:
 
     # -- the trainer at the received global weights -------------------------------------------------
     def trainer(self, global_arrays: list[np.ndarray]) -> Trainer:
-        t = Trainer(self.cfg, self.scene)
-        messages.load_global(t.field, global_arrays)
+        t = trainer_at(self.cfg, self.scene, global_arrays)
         if t.personal is not None and self.state.personal is not None:
-            t.personal.load_state_dict(self.state.personal)
+            t.personal.load_state_dict(self.state.personal)  # in place: the optimizers keep these tensors
         t.step_count = self.state.steps
         t.generator.manual_seed(self.cfg.seed * 1_000_003 + self.user * 7919 + self.state.steps)
-        t._build_optimizers()  # grids may have been replaced by the received shapes
         if self.keep_optimizer and self.state.optimizer is not None:
             # moments of grids whose shape changed (the server grew them) restart inside GridAdam.step
             t.grid_opt.load_state_dict(self.state.optimizer["grid"])

@@ -24,9 +24,9 @@ from privnerf.data.scene import Scene
 from privnerf.eval.evaluate import evaluate_split
 from privnerf.eval.metrics import to_uint8
 from privnerf.fed.config import FedConfig
-from privnerf.fed.local import load_dataset, user_views
+from privnerf.fed.local import aggregate_occupancy, load_dataset, user_views
 from privnerf.privacy.leakage import person_free_copy, person_free_psnr, personal_content_psnr
-from privnerf.render.occupancy import OccupancyGrid
+from privnerf.render.occupancy import OccupancyGrid, occupancy_of
 from privnerf.render.renderer import RenderSettings, render_image
 from privnerf.train.checkpoint import atomic_write_text
 from privnerf.train.trainer import Trainer, set_threads
@@ -81,8 +81,7 @@ class Harness:
         """Occupancy and render settings for a global field (no personal part)."""
         t = self.reference
         r = t.cfg.render
-        occ = OccupancyGrid(field.space.box, r.occ_resolution)
-        occ.update(field.density_space, t.occ_step, r.occ_threshold)
+        occ = occupancy_of(field.density_space, field.space.box, r.occ_resolution, t.occ_step, r.occ_threshold)
         return occ, t.settings(inference=True, field=field)
 
     def measure(self, rnd: int, field, individual: dict | None, final: bool = False) -> dict[str, Any]:
@@ -174,14 +173,11 @@ class Harness:
             pc = self.cfg.client_train_config().personal
             pf = PersonalField(pc, field.space.box, len(own), field.cfg.feature_dim, self.reference.occ_step)
             pf.load_state_dict(st["personal"])
+            r = self.reference.cfg.render
             if pc.exclude_alpha > 0:  # as the user trained it: kept off what the aggregate holds
-                from privnerf.fed.local import aggregate_occupancy
-
-                pf.set_exclusion(aggregate_occupancy(field, self.reference.cfg.render.occ_resolution,
-                                                     self.reference.occ_step, pc.exclude_alpha))
-            both = OccupancyGrid(field.space.box, self.reference.cfg.render.occ_resolution)
-            both.update(lambda xs: field.density_space(xs) + pf.density_bound(xs), self.reference.occ_step,
-                        self.reference.cfg.render.occ_threshold)
+                pf.set_exclusion(aggregate_occupancy(field, r.occ_resolution, self.reference.occ_step, pc.exclude_alpha))
+            both = occupancy_of(lambda xs: field.density_space(xs) + pf.density_bound(xs), field.space.box,
+                                r.occ_resolution, self.reference.occ_step, r.occ_threshold)
             mine = render_image_personal(field, pf, both, c2w, intr, h, w, own.index(v), settings)
             write_image(out / f"user-{k}-user.png", to_uint8(mine["rgb"].cpu().numpy()))
 

@@ -97,6 +97,11 @@ class PersonalField(nn.Module):
         it from each round's aggregate."""
         object.__setattr__(self, "_exclusion", occ)  # not a submodule: no state_dict entry
 
+    @property
+    def exclusion(self):
+        """The OccupancyGrid set by :meth:`set_exclusion`, or ``None``."""
+        return self._exclusion
+
     def grids(self) -> list[DenseGrid]:
         return [self.density_grid, self.feature_grid]
 

@@ -121,6 +121,15 @@ class OccupancyGrid(nn.Module):
 
 
 @torch.no_grad()
+def occupancy_of(density_fn, box: torch.Tensor, resolution: int, step_size: float, threshold: float) -> OccupancyGrid:
+    """A fresh OccupancyGrid over ``box`` from one full pass of ``density_fn`` (working-box points ``(n, 3)`` ->
+    ``(n,)``): cells whose opacity over one step ``step_size`` exceeds ``threshold``. For a fixed field (a
+    received or saved global field), where no running maximum over training is wanted."""
+    occ = OccupancyGrid(box, resolution).to(box.device)
+    occ.update(density_fn, step_size, threshold)
+    return occ
+
+
 def connected_components(mask: torch.Tensor) -> torch.Tensor:
     """Label the 26-connected components of a 3D bool ``mask`` ``(X, Y, Z)``.
 

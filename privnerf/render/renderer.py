@@ -190,10 +190,8 @@ def render_rays_personal(
         ``num_samples``.
     """
     n = origins.shape[0]
-    # the fused CPU culling reads the personal density grid itself and knows no exclusion (personal_field.py)
-    s = None if getattr(personal, "_exclusion", None) is not None else march_culled(
-        origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter, settings.weight_threshold,
-        extra=personal)
+    s = march_culled(origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter,
+                     settings.weight_threshold, extra=personal)
     if s is None:
         s = march(origins, dirs, settings.near, settings.far, field.space, occ, settings.step, jitter)
         if len(s) > 0:

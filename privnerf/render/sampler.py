@@ -98,12 +98,13 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
     Returns the samples whose rendering weight (under the current density, without gradient) exceeds
     ``weight_threshold``, stopping each ray once its transmittance drops below ``min_transmittance``.
     ``extra`` (optional): a second field with ``density_grid`` and ``shift`` over the same space whose
-    density adds to the first (a personal field's bound).
+    density adds to the first (a personal field's bound). Not applicable when ``extra`` carries an ``exclusion``
+    (the kernel reads its density grid directly and would count density the exclusion removes).
     """
     grid = getattr(field, "density_grid", None)
     ext = load_grid_ext() if origins.device.type == "cpu" else None
     if (grid is None or ext is None or field.space.contraction or origins.device.type != "cpu" or not grid.sparse
-            or not getattr(field, "density_is_grid", True)):
+            or not getattr(field, "density_is_grid", True) or getattr(extra, "exclusion", None) is not None):
         return None
     n = origins.shape[0]
     offset = torch.rand(n) if jitter else torch.full((n,), 0.5)
