@@ -1,0 +1,224 @@
+"""How should a round's user updates be combined? Replay rounds from a finished run's aggregate offline and
+compare averaging rules on the same local training.
+
+A diagnostic for the federated gap (docs/decentnerf.md, "Where the aggregate is short"): a late round of a
+lego-20 run gains ~0.2 dB where the same number of sequential steps gains several. This script takes a
+finished ``privnerf fed run`` directory (its last aggregate, ``server/state.pt``, and its users' private
+states, ``state/clients``, copied so the run is not touched), lets every user train one round from the
+aggregate with the run's own local settings (:class:`privnerf.fed.local.LocalUser`, the code the run used),
+and combines the users' global weights under each rule:
+
+* ``plain``: ``sum a_k g_k / sum a_k`` everywhere (the paper's rule);
+* ``touched``: per voxel ``sum a_k m_k g_k / sum a_k m_k`` with ``m_k`` = 1 where user k's training changed
+  the voxel (the default, ``--coverage``);
+* ``rms``: ``m_k`` = the user's RMS gradient per voxel from its Adam second moments, scaled to a maximum of 1
+  (``--coverage-weight gradient``);
+* ``fisher``: ``m_k`` = the user's mean squared gradient per voxel (Adam's second moment, channel mean), not
+  rescaled: the diagonal-Fisher merge of Matena & Raffel (2022), which weights each user's value by how
+  strongly its own loss pins it;
+* ``fisher-ch``: the same per channel (weights of the grids' full size);
+* ``rms+mlp``: ``rms`` on the grids, and the MLP weights merged per parameter with their Adam second moments.
+
+MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. With ``--rounds R > 1`` each rule continues
+from its own aggregate for R-1 more rounds (its own copy of the users' states). Each aggregate is scored
+on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py`` scores (the same code).
+
+Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10]
+[--users N] [--tag NAME]`` -> ``benchmarks/results/round-rules[-TAG].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from aggregate_finetune import finetune, load_run  # noqa: E402
+
+from privnerf.fed import messages  # noqa: E402
+from privnerf.fed.local import LocalUser, load_dataset  # noqa: E402
+from privnerf.fed.run import user_ids  # noqa: E402
+from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
+from privnerf.train.trainer import set_threads  # noqa: E402
+
+RULES = ("plain", "touched", "rms", "fisher", "fisher-ch", "rms+mlp")
+
+
+def user_update(user: LocalUser, arrays: list[np.ndarray], epochs: float) -> dict:
+    """One local round of ``user`` from ``arrays``; what every rule needs of it (kept in memory here only)."""
+    weights, stats = user.train(arrays, epochs)
+    t = user.trainer_last
+    keys = messages.global_keys(t.field)
+    touched = np.zeros(weights[0].shape[:3], dtype=bool)
+    for k, w, g in zip(keys, weights, arrays):
+        if messages.is_grid_key(k):
+            touched |= np.any(w != g, axis=-1)
+    sq = [st["exp_avg_sq"].double().cpu().numpy() for st in t.grid_opt.state[: len(t.field.grids())]]
+    # the MLPs' per-parameter second moments (for rms+mlp); None for grids (their moments are in sq)
+    mlp_sq = []
+    for k, p in zip(keys, messages.global_tensors(t.field)):
+        st = t.mlp_opt.state.get(p, {}) if not messages.is_grid_key(k) else {}
+        mlp_sq.append(st["exp_avg_sq"].double().cpu().numpy() if "exp_avg_sq" in st else None)
+    user.save_state()
+    user.trainer_last = None
+    return {"weights": weights, "alpha": float(user.state.alpha), "touched": touched, "sq": sq, "mlp_sq": mlp_sq, "keys": keys,
+            "train_psnr": stats["train_psnr"]}
+
+
+def combine(rule: str, old: list[np.ndarray], ups: list[dict]) -> list[np.ndarray]:
+    """The new global arrays from the users' updates under ``rule`` (see the module docstring)."""
+    keys = ups[0]["keys"]
+    alphas = np.array([u["alpha"] for u in ups])
+    out = []
+    grid_j = 0
+    for j, (k, o) in enumerate(zip(keys, old)):
+        if not messages.is_grid_key(k) and rule == "rms+mlp" and all(u["mlp_sq"][j] is not None for u in ups):
+            # per-parameter diagonal-Fisher merge of the MLP weights
+            num = sum(a * u["mlp_sq"][j] * u["weights"][j] for a, u in zip(alphas, ups))
+            den = sum(a * u["mlp_sq"][j] for a, u in zip(alphas, ups))
+            ok = den > 0
+            out.append(np.where(ok, num / np.where(ok, den, 1.0), o).astype(np.float32))
+            continue
+        if not messages.is_grid_key(k) or rule == "plain":
+            out.append((sum(a * u["weights"][j].astype(np.float64) for a, u in zip(alphas, ups)) / alphas.sum())
+                       .astype(np.float32))
+            grid_j += messages.is_grid_key(k)
+            continue
+        num = np.zeros(o.shape, np.float64)
+        den = np.zeros(o.shape[:3] + ((o.shape[3],) if rule == "fisher-ch" else (1,)), np.float64)
+        for a, u in zip(alphas, ups):
+            if rule == "touched":
+                m = u["touched"].astype(np.float64)[..., None]
+            else:
+                # both grids' moments enter the voxel weight: density and features are one voxel's state
+                sq = u["sq"]
+                if rule == "fisher-ch":
+                    m = sq[grid_j]
+                else:
+                    e = sum(s.mean(axis=-1) for s in sq)
+                    if rule in ("rms", "rms+mlp"):
+                        e = sum(np.sqrt(s).mean(axis=-1) for s in sq)
+                        e = e / max(float(e.max()), 1e-30)
+                    m = e[..., None]
+                m = np.where(u["touched"][..., None], m, 0.0)
+            num += a * m * u["weights"][j]
+            den += a * m
+        ok = den > 0
+        out.append(np.where(ok, num / np.where(ok, den, 1.0), o).astype(np.float32))
+        grid_j += 1
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a finished privnerf fed run directory (learned or fedavg)")
+    p.add_argument("--rules", default="touched,rms,fisher,fisher-ch,plain")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--views", type=int, default=10, help="clean test views scored")
+    p.add_argument("--users", type=int, default=None, help="only the first N users (a quick check)")
+    p.add_argument("--tag", default="")
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args()
+    rules = [r.strip() for r in a.rules.split(",") if r.strip()]
+    bad = [r for r in rules if r not in RULES]
+    if bad or not rules:
+        raise SystemExit(f"--rules: unknown {bad or a.rules!r}; choose from {', '.join(RULES)}")
+    if a.rounds < 1 or a.views < 1:
+        raise SystemExit(f"--rounds ({a.rounds}) and --views ({a.views}) must be at least 1")
+    set_threads(a.threads)
+    cfg, arrays, rnd = load_run(a.run)
+    clients = a.run / "state" / "clients"
+    if not clients.is_dir():
+        raise SystemExit(f"{clients}: not found (the run's users' states are needed)")
+    if not cfg.data or not Path(cfg.data).exists():
+        raise SystemExit(f"{a.run}/config.json: its crowd {cfg.data!r} is not here")
+    test = load_dataset(cfg.data, "test")
+    train_all = load_dataset(cfg.data, "train")
+    ids = user_ids(train_all)[: a.users]
+    from privnerf.privacy.leakage import person_free_copy
+
+    scored_on = person_free_copy(train_all)
+    out = ROOT / "benchmarks" / "results" / f"round-rules{'-' + a.tag if a.tag else ''}.json"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    doc = {"run": str(a.run), "aggregator": cfg.aggregator, "start_round": rnd, "users": len(ids),
+           "local_epochs": cfg.local_epochs, "commit": commit.stdout.strip(),
+           "command": "python benchmarks/round_rules.py " + " ".join(sys.argv[1:]), "rows": []}
+
+    def score(arr) -> float:
+        return finetune(cfg, arr, scored_on, test, "none", 1, a.views)["psnr"]
+
+    def save():
+        doc["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
+
+    start = score(arrays)
+    doc["rows"].append({"rule": "start", "round": 0, "psnr": start})
+    tqdm.write(f"start (round {rnd}): {start:.2f} dB")
+    tc = cfg.client_train_config()
+    with tempfile.TemporaryDirectory(prefix="round-rules-") as tmp:
+        tmp = Path(tmp)
+
+        def users_in(d: Path) -> list[LocalUser]:
+            return [LocalUser(u, cfg.data, tc, d, cfg.rounds, cfg.local_epochs, keep_optimizer=cfg.keep_optimizer,
+                              person_free=cfg.trains_person_free) for u in ids]
+
+        def fresh_states(name: str) -> Path:
+            d = tmp / name
+            d.mkdir()
+            for u in ids:
+                st = torch.load(clients / f"user-{u:03d}.pt", map_location="cpu", weights_only=False)
+                st["previous_global"] = None  # only the alpha update reads it; not needed here
+                torch.save(st, d / f"user-{u:03d}.pt")
+            return d
+
+        def one_round(d: Path, arr, desc: str) -> list[dict]:
+            ups = []
+            for u in tqdm(users_in(d), desc=desc, leave=False):
+                ups.append(user_update(u, arr, cfg.local_epochs))
+            return ups
+
+        t0 = time.perf_counter()
+        base = fresh_states("shared")
+        ups = one_round(base, arrays, "round 1")
+        train_s = time.perf_counter() - t0
+        firsts = {}
+        for rule in rules:
+            firsts[rule] = combine(rule, arrays, ups)
+            psnr = score(firsts[rule])
+            doc["rows"].append({"rule": rule, "round": 1, "psnr": psnr, "gain": psnr - start, "train_s": train_s})
+            tqdm.write(f"{rule:10s} round 1: {psnr:.2f} dB ({psnr - start:+.2f})")
+            save()
+        del ups
+        for rule in rules:
+            if a.rounds < 2:
+                break
+            d = tmp / f"r-{rule}"
+            shutil.copytree(base, d)
+            arr = firsts[rule]
+            for r in range(2, a.rounds + 1):
+                arr = combine(rule, arr, one_round(d, arr, f"{rule} round {r}"))
+                psnr = score(arr)
+                doc["rows"].append({"rule": rule, "round": r, "psnr": psnr, "gain": psnr - start})
+                tqdm.write(f"{rule:10s} round {r}: {psnr:.2f} dB ({psnr - start:+.2f})")
+                save()
+    save()
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
