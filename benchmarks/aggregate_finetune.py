@@ -63,7 +63,9 @@ def load_run(run: Path) -> tuple[FedConfig, list, int]:
         raise SystemExit(f"{state_path}: not a readable server state ({type(e).__name__}: {e})") from None
 
 
-def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, views: int) -> dict:
+def global_trainer(cfg: FedConfig, arrays: list, train, steps: int = 1):
+    """A one-field trainer (personal field off) on ``train`` holding the aggregate ``arrays``, its occupancy
+    grid refreshed: what is scored, and what fine-tunes (the learning rate decays over ``steps``)."""
     tc = copy.deepcopy(cfg.client_train_config())
     tc.personal.enabled = False
     tc.field.grid.grow_at = ()  # the aggregate's shapes are final
@@ -71,6 +73,11 @@ def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, v
     tc.device = "cpu"
     t = trainer_at(tc, train, arrays)
     t.occ.update(t.occupancy_density, t.occ_step, tc.render.occ_threshold)
+    return t
+
+
+def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, views: int) -> dict:
+    t = global_trainer(cfg, arrays, train, steps)
     n_grids = len(t.field.grids())
     if mode in ("mlp",):
         for j in range(n_grids):

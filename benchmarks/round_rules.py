@@ -17,13 +17,17 @@ and combines the users' global weights under each rule:
   rescaled: the diagonal-Fisher merge of Matena & Raffel (2022), which weights each user's value by how
   strongly its own loss pins it;
 * ``fisher-ch``: the same per channel (weights of the grids' full size);
+* ``rms-sat``: ``min(1, rms / s)`` (``--saturate s``): only voxels a user barely moved count for less; above
+  ``s`` of its largest RMS gradient a voxel counts fully, so a user's hardest-pinned content (its own people)
+  does not outweigh the others' weaker moves there;
 * ``rms+mlp``: ``rms`` on the grids, and the MLP weights merged per parameter with their Adam second moments.
 
 MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. With ``--rounds R > 1`` each rule continues
 from its own aggregate for R-1 more rounds (its own copy of the users' states). Each aggregate is scored
-on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py`` scores (the same code).
+on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py`` scores (the same code), and for its
+personal-content leakage as a run measures it (``privnerf.privacy.leakage``; fewer views per user by default).
 
-Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10]
+Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10] [--saturate s]
 [--users N] [--tag NAME]`` -> ``benchmarks/results/round-rules[-TAG].json``.
 """
 
@@ -47,7 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from aggregate_finetune import finetune, load_run  # noqa: E402
+from aggregate_finetune import global_trainer, load_run  # noqa: E402
+
+from privnerf.eval.evaluate import evaluate_split  # noqa: E402
+from privnerf.privacy.leakage import personal_content_psnr  # noqa: E402
 
 from privnerf.fed import messages  # noqa: E402
 from privnerf.fed.local import LocalUser, load_dataset  # noqa: E402
@@ -55,18 +62,19 @@ from privnerf.fed.run import user_ids  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 from privnerf.train.trainer import set_threads  # noqa: E402
 
-RULES = ("plain", "touched", "rms", "fisher", "fisher-ch", "rms+mlp")
+RULES = ("plain", "touched", "rms", "rms-sat", "fisher", "fisher-ch", "rms+mlp")
 
 
-def user_update(user: LocalUser, arrays: list[np.ndarray], epochs: float) -> dict:
-    """One local round of ``user`` from ``arrays``; what every rule needs of it (kept in memory here only)."""
-    weights, stats = user.train(arrays, epochs)
+def user_update(user: LocalUser, arrays: list[np.ndarray], cfg) -> dict:
+    """One local round of ``user`` from ``arrays`` with the run's local settings (``cfg``, its FedConfig);
+    what every rule needs of it (kept in memory here only). The users' alphas stay as the run left them."""
+    weights, stats = user.train(arrays, cfg.local_epochs, cfg.personal_warmup, cfg.personal_warmup_after,
+                                cfg.personal_warmup_extra)
     t = user.trainer_last
     keys = messages.global_keys(t.field)
-    touched = np.zeros(weights[0].shape[:3], dtype=bool)
-    for k, w, g in zip(keys, weights, arrays):
-        if messages.is_grid_key(k):
-            touched |= np.any(w != g, axis=-1)
+    # the two weights the protocol offers, computed by the client's own code
+    touched = user.coverage_weight(keys, weights, arrays, "touched") > 0
+    rms = user.coverage_weight(keys, weights, arrays, "gradient")
     sq = [st["exp_avg_sq"].double().cpu().numpy() for st in t.grid_opt.state[: len(t.field.grids())]]
     # the MLPs' per-parameter second moments (for rms+mlp); None for grids (their moments are in sq)
     mlp_sq = []
@@ -75,11 +83,11 @@ def user_update(user: LocalUser, arrays: list[np.ndarray], epochs: float) -> dic
         mlp_sq.append(st["exp_avg_sq"].double().cpu().numpy() if "exp_avg_sq" in st else None)
     user.save_state()
     user.trainer_last = None
-    return {"weights": weights, "alpha": float(user.state.alpha), "touched": touched, "sq": sq, "mlp_sq": mlp_sq, "keys": keys,
-            "train_psnr": stats["train_psnr"]}
+    return {"weights": weights, "alpha": float(user.state.alpha), "touched": touched, "rms": rms, "sq": sq,
+            "mlp_sq": mlp_sq, "keys": keys, "train_psnr": stats["train_psnr"]}
 
 
-def combine(rule: str, old: list[np.ndarray], ups: list[dict]) -> list[np.ndarray]:
+def combine(rule: str, old: list[np.ndarray], ups: list[dict], saturate: float = 0.25) -> list[np.ndarray]:
     """The new global arrays from the users' updates under ``rule`` (see the module docstring)."""
     keys = ups[0]["keys"]
     alphas = np.array([u["alpha"] for u in ups])
@@ -109,10 +117,12 @@ def combine(rule: str, old: list[np.ndarray], ups: list[dict]) -> list[np.ndarra
                 if rule == "fisher-ch":
                     m = sq[grid_j]
                 else:
-                    e = sum(s.mean(axis=-1) for s in sq)
-                    if rule in ("rms", "rms+mlp"):
-                        e = sum(np.sqrt(s).mean(axis=-1) for s in sq)
-                        e = e / max(float(e.max()), 1e-30)
+                    if rule == "rms-sat":
+                        e = np.minimum(u["rms"] / saturate, 1.0)
+                    elif rule in ("rms", "rms+mlp"):
+                        e = u["rms"]
+                    else:
+                        e = sum(s.mean(axis=-1) for s in sq)
                     m = e[..., None]
                 m = np.where(u["touched"][..., None], m, 0.0)
             num += a * m * u["weights"][j]
@@ -128,7 +138,10 @@ def main() -> int:
     p.add_argument("run", type=Path, help="a finished privnerf fed run directory (learned or fedavg)")
     p.add_argument("--rules", default="touched,rms,fisher,fisher-ch,plain")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--saturate", type=float, default=0.25, help="s of the rms-sat rule")
     p.add_argument("--views", type=int, default=10, help="clean test views scored")
+    p.add_argument("--leakage-views", type=int, default=1,
+                   help="training views per user for the leakage measure (0: skip it)")
     p.add_argument("--users", type=int, default=None, help="only the first N users (a quick check)")
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=None)
@@ -137,6 +150,8 @@ def main() -> int:
     bad = [r for r in rules if r not in RULES]
     if bad or not rules:
         raise SystemExit(f"--rules: unknown {bad or a.rules!r}; choose from {', '.join(RULES)}")
+    if not 0 < a.saturate <= 1:
+        raise SystemExit(f"--saturate must be in (0, 1], got {a.saturate}")
     if a.rounds < 1 or a.views < 1:
         raise SystemExit(f"--rounds ({a.rounds}) and --views ({a.views}) must be at least 1")
     set_threads(a.threads)
@@ -155,19 +170,36 @@ def main() -> int:
     out = ROOT / "benchmarks" / "results" / f"round-rules{'-' + a.tag if a.tag else ''}.json"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     doc = {"run": str(a.run), "aggregator": cfg.aggregator, "start_round": rnd, "users": len(ids),
-           "local_epochs": cfg.local_epochs, "commit": commit.stdout.strip(),
+           "saturate": a.saturate, "local_epochs": cfg.local_epochs, "commit": commit.stdout.strip(),
            "command": "python benchmarks/round_rules.py " + " ".join(sys.argv[1:]), "rows": []}
 
-    def score(arr) -> float:
-        return finetune(cfg, arr, scored_on, test, "none", 1, a.views)["psnr"]
+    def score(arr) -> dict:
+        """PSNR on the clean test views and, on a crowd with people, the server's leakage (the run's measure,
+        ``--leakage-views`` views per user)."""
+        t = global_trainer(cfg, arr, scored_on)
+        settings = t.settings(inference=True)
+        r = {"psnr": evaluate_split(t.field, t.occ, settings, test, max_images=a.views, with_lpips=False,
+                                    quiet=True)["psnr"]}
+        if a.leakage_views > 0:
+            leak = [personal_content_psnr(t.field, t.occ, settings, train_all, u, a.leakage_views) for u in ids]
+            vals = [v[0] for v in leak if v[0] is not None]
+            behind = [v[1] for v in leak if v[1] is not None]
+            r["leakage_psnr"] = float(np.mean(vals)) if vals else None
+            r["leakage_scene_psnr"] = float(np.mean(behind)) if behind else None
+        return r
+
+    def show(rule: str, r: int, res: dict) -> str:
+        leak = f", leakage {res['leakage_psnr']:.2f}" if res.get("leakage_psnr") is not None else ""
+        return f"{rule:10s} round {r}: {res['psnr']:.2f} dB ({res['psnr'] - start:+.2f}){leak}"
 
     def save():
         doc["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
 
-    start = score(arrays)
-    doc["rows"].append({"rule": "start", "round": 0, "psnr": start})
-    tqdm.write(f"start (round {rnd}): {start:.2f} dB")
+    res0 = score(arrays)
+    start = res0["psnr"]
+    doc["rows"].append({"rule": "start", "round": 0, **res0})
+    tqdm.write(show("start", 0, res0))
     tc = cfg.client_train_config()
     with tempfile.TemporaryDirectory(prefix="round-rules-") as tmp:
         tmp = Path(tmp)
@@ -188,7 +220,7 @@ def main() -> int:
         def one_round(d: Path, arr, desc: str) -> list[dict]:
             ups = []
             for u in tqdm(users_in(d), desc=desc, leave=False):
-                ups.append(user_update(u, arr, cfg.local_epochs))
+                ups.append(user_update(u, arr, cfg))
             return ups
 
         t0 = time.perf_counter()
@@ -197,10 +229,10 @@ def main() -> int:
         train_s = time.perf_counter() - t0
         firsts = {}
         for rule in rules:
-            firsts[rule] = combine(rule, arrays, ups)
-            psnr = score(firsts[rule])
-            doc["rows"].append({"rule": rule, "round": 1, "psnr": psnr, "gain": psnr - start, "train_s": train_s})
-            tqdm.write(f"{rule:10s} round 1: {psnr:.2f} dB ({psnr - start:+.2f})")
+            firsts[rule] = combine(rule, arrays, ups, a.saturate)
+            res = score(firsts[rule])
+            doc["rows"].append({"rule": rule, "round": 1, **res, "gain": res["psnr"] - start, "train_s": train_s})
+            tqdm.write(show(rule, 1, res))
             save()
         del ups
         for rule in rules:
@@ -210,10 +242,10 @@ def main() -> int:
             shutil.copytree(base, d)
             arr = firsts[rule]
             for r in range(2, a.rounds + 1):
-                arr = combine(rule, arr, one_round(d, arr, f"{rule} round {r}"))
-                psnr = score(arr)
-                doc["rows"].append({"rule": rule, "round": r, "psnr": psnr, "gain": psnr - start})
-                tqdm.write(f"{rule:10s} round {r}: {psnr:.2f} dB ({psnr - start:+.2f})")
+                arr = combine(rule, arr, one_round(d, arr, f"{rule} round {r}"), a.saturate)
+                res = score(arr)
+                doc["rows"].append({"rule": rule, "round": r, **res, "gain": res["psnr"] - start})
+                tqdm.write(show(rule, r, res))
                 save()
     save()
     print(f"-> {out}")

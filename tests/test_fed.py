@@ -185,6 +185,34 @@ def test_centred_alpha_gradient_counts_only_the_voxels_a_user_touched():
         AlphaRule(gradient="centered")
 
 
+def test_coverage_weight_is_zero_where_training_left_a_voxel_and_gradient_scales_the_rest():
+    """``m_k`` of the coverage-weighted mean: 1 on touched voxels (``touched``) or the user's RMS gradient there
+    scaled to a maximum of 1 (``gradient``), 0 on voxels the round's training did not move (even where Adam
+    holds old moments), so a voxel one user pins down outweighs one another user grazed."""
+    field = small_field()
+    keys, received = messages.global_keys(field), messages.global_arrays(field)
+    mine = [a.copy() for a in received]
+    mine[0][1, 2, 3, 0] += 0.5   # density moved at one voxel
+    mine[1][4, 5, 6, 7] -= 0.25  # one feature channel moved at another
+    mine[2] = mine[2] + 1.0      # MLP weights never enter the voxel map
+    sq = torch.ones(field.density_grid.data.shape)
+    sq[1, 2, 3] = 4.0            # the first voxel's gradients were twice as large (RMS)
+    trainer = SimpleNamespace(grid_opt=SimpleNamespace(state=[{"exp_avg_sq": sq},
+                                                              {"exp_avg_sq": torch.ones(field.feature_grid.data.shape)}]),
+                              field=field)
+    u = _user_with(0.5, None)
+    u.gradient_energy = LocalUser._gradient_energy(trainer)
+    assert u.gradient_energy.max() == pytest.approx(1.0) and u.gradient_energy[1, 2, 3] == pytest.approx(1.0)
+    assert u.gradient_energy[4, 5, 6] == pytest.approx(2.0 / 3.0)  # (1 + 1) / (2 + 1)
+    t = u.coverage_weight(keys, mine, received, "touched")
+    assert t.shape == field.density_grid.data.shape[:3] and t.sum() == 2 and t[1, 2, 3] == t[4, 5, 6] == 1.0
+    g = u.coverage_weight(keys, mine, received, "gradient")
+    assert g[1, 2, 3] == pytest.approx(1.0) and g[4, 5, 6] == pytest.approx(2.0 / 3.0)
+    assert np.count_nonzero(g) == 2  # the energy elsewhere is not the round's training
+    with pytest.raises(ValueError, match="coverage_weight"):
+        u.coverage_weight(keys, mine, received, "fisher")
+
+
 def test_alpha_is_capped_at_the_secure_sums_bound(caplog):
     from privnerf.fed.messages import ALPHA_BOUND
 

@@ -75,13 +75,7 @@ class DecentClient(NumPyClient):
             return weights, int(user.num_pixels), metrics
         keys = messages.global_keys(user.trainer_last.field)
         if bool(config.get("coverage", False)):
-            touched = np.zeros(weights[0].shape[:3], dtype=bool)
-            for k, w, g in zip(keys, weights, global_arrays):
-                if messages.is_grid_key(k) and w.shape == g.shape:
-                    touched |= np.any(w != g, axis=-1)
-            m = touched.astype(np.float64)
-            if str(config.get("coverage_weight", "touched")) == "gradient" and user.gradient_energy is not None:
-                m = np.where(touched, user.gradient_energy, 0.0)
+            m = user.coverage_weight(keys, weights, global_arrays, str(config.get("coverage_weight", "touched")))
             values = [st.alpha * (m[..., None] * w if messages.is_grid_key(k) else w) for k, w in zip(keys, weights)]
             values += [st.alpha * m, np.array([st.alpha])]
             st.previous_mask = m.astype(np.float32)  # on the device: next round's alpha update needs it

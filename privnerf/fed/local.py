@@ -294,6 +294,23 @@ class LocalUser:
         m = float(e.max())
         return ((e / m) if m > 0 else e).double().cpu().numpy()
 
+    def coverage_weight(self, keys: list[str], weights: list[np.ndarray], received: list[np.ndarray],
+                        kind: str = "touched") -> np.ndarray:
+        """``(X, Y, Z)`` per-voxel weight ``m_k`` of this user's grid values in the coverage-weighted mean, after
+        :meth:`train` returned ``weights`` from ``received``: 0 where the round's training left the voxel as it
+        came; elsewhere 1 (``touched``) or the RMS gradient from the round's Adam moments scaled to a maximum
+        of 1 (``gradient``: a voxel this user's rays reached once and moved by one noisy Adam step counts
+        for little, one its photos pin down counts fully)."""
+        if kind not in ("touched", "gradient"):
+            raise ValueError(f"coverage_weight: {kind!r} is not one of touched, gradient")
+        touched = np.zeros(weights[0].shape[:3], dtype=bool)
+        for k, w, g in zip(keys, weights, received):
+            if messages.is_grid_key(k) and w.shape == g.shape:
+                touched |= np.any(w != g, axis=-1)
+        if kind == "gradient" and self.gradient_energy is not None and self.gradient_energy.shape == touched.shape:
+            return np.where(touched, self.gradient_energy, 0.0)
+        return touched.astype(np.float64)
+
     def train(self, global_arrays: list[np.ndarray], epochs: float, personal_warmup: float = 0.0,
               warmup_after: int = 1, warmup_extra: bool = False) -> tuple[list[np.ndarray], dict[str, float]]:
         """Local training from the received global weights and the user's own personal state; the first
