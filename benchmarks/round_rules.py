@@ -17,9 +17,10 @@ and combines the users' global weights under each rule:
   rescaled: the diagonal-Fisher merge of Matena & Raffel (2022), which weights each user's value by how
   strongly its own loss pins it;
 * ``fisher-ch``: the same per channel (weights of the grids' full size);
-* ``rms-sat``: ``min(1, rms / s)`` (``--saturate s``): only voxels a user barely moved count for less; above
-  ``s`` of its largest RMS gradient a voxel counts fully, so a user's hardest-pinned content (its own people)
-  does not outweigh the others' weaker moves there;
+* ``rms-sat``: ``min(1, rms / r_q)`` with ``r_q`` the user's ``--saturate q`` quantile of ``rms`` over the
+  voxels it touched: only voxels a user barely moved count for less; above that quantile a voxel counts fully,
+  so a user's hardest-pinned content (its own people) does not outweigh the others' weaker moves there (a
+  threshold relative to the maximum did nothing: below it the weights are one common rescale);
 * ``rms+mlp``: ``rms`` on the grids, and the MLP weights merged per parameter with their Adam second moments.
 
 MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. With ``--rounds R > 1`` each rule continues
@@ -27,7 +28,7 @@ from its own aggregate for R-1 more rounds (its own copy of the users' states). 
 on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py`` scores (the same code), and for its
 personal-content leakage as a run measures it (``privnerf.privacy.leakage``; fewer views per user by default).
 
-Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10] [--saturate s]
+Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10] [--saturate q]
 [--users N] [--tag NAME]`` -> ``benchmarks/results/round-rules[-TAG].json``.
 """
 
@@ -87,7 +88,7 @@ def user_update(user: LocalUser, arrays: list[np.ndarray], cfg) -> dict:
             "mlp_sq": mlp_sq, "keys": keys, "train_psnr": stats["train_psnr"]}
 
 
-def combine(rule: str, old: list[np.ndarray], ups: list[dict], saturate: float = 0.25) -> list[np.ndarray]:
+def combine(rule: str, old: list[np.ndarray], ups: list[dict], saturate: float = 0.5) -> list[np.ndarray]:
     """The new global arrays from the users' updates under ``rule`` (see the module docstring)."""
     keys = ups[0]["keys"]
     alphas = np.array([u["alpha"] for u in ups])
@@ -118,7 +119,9 @@ def combine(rule: str, old: list[np.ndarray], ups: list[dict], saturate: float =
                     m = sq[grid_j]
                 else:
                     if rule == "rms-sat":
-                        e = np.minimum(u["rms"] / saturate, 1.0)
+                        r = u["rms"][u["touched"]]
+                        q = float(np.quantile(r, saturate)) if r.size else 1.0
+                        e = np.minimum(u["rms"] / max(q, 1e-30), 1.0)
                     elif rule in ("rms", "rms+mlp"):
                         e = u["rms"]
                     else:
@@ -138,7 +141,7 @@ def main() -> int:
     p.add_argument("run", type=Path, help="a finished privnerf fed run directory (learned or fedavg)")
     p.add_argument("--rules", default="touched,rms,fisher,fisher-ch,plain")
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--saturate", type=float, default=0.25, help="s of the rms-sat rule")
+    p.add_argument("--saturate", type=float, default=0.5, help="quantile q of the rms-sat rule")
     p.add_argument("--views", type=int, default=10, help="clean test views scored")
     p.add_argument("--leakage-views", type=int, default=1,
                    help="training views per user for the leakage measure (0: skip it)")
