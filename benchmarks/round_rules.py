@@ -23,7 +23,8 @@ and combines the users' global weights under each rule:
   threshold relative to the maximum did nothing: below it the weights are one common rescale);
 * ``rms+mlp``: ``rms`` on the grids, and the MLP weights merged per parameter with their Adam second moments.
 
-MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. With ``--rounds R > 1`` each rule continues
+MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. ``--correction scaffold`` changes
+the local step instead (:class:`CorrectedUser`; every replayed round, so compare with a run without it). With ``--rounds R > 1`` each rule continues
 from its own aggregate for R-1 more rounds (its own copy of the users' states). Each aggregate is scored
 on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py`` scores (the same code), and for its
 personal-content leakage as a run measures it (``privnerf.privacy.leakage``; fewer views per user by default).
@@ -64,6 +65,69 @@ from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 from privnerf.train.trainer import set_threads  # noqa: E402
 
 RULES = ("plain", "touched", "rms", "rms-sat", "fisher", "fisher-ch", "rms+mlp")
+
+
+class CorrectedUser(LocalUser):
+    """A user whose local steps add a fixed drift correction to its global gradients (``--correction
+    scaffold``; SCAFFOLD's control variates, Karimireddy et al. 2020, option I): ``c - c_k``, with ``c_k`` its
+    own loss gradient at the round's aggregate and ``c`` the users' mean there (per voxel over the users whose
+    rays reached it). On grids the correction is added only on the voxels the user's own gradient reached
+    (elsewhere it would have no feedback from the user's loss, and Adam would turn a constant into full steps)."""
+
+    correction: list | None = None
+
+    def trainer(self, global_arrays):
+        t = super().trainer(global_arrays)
+        if self.correction is None:
+            return t
+        grid_of = {"density_grid.data": t.field.density_grid, "feature_grid.data": t.field.feature_grid}
+        grid_terms, mlp_terms = [], []
+        for k, prm, c in zip(messages.global_keys(t.field), messages.global_tensors(t.field), self.correction):
+            ct = torch.from_numpy(np.ascontiguousarray(c)).float()
+            if k in grid_of:
+                flat = ct.reshape(-1, ct.shape[-1])
+                idx = flat.abs().sum(1).nonzero().squeeze(1)
+                grid_terms.append((grid_of[k], idx, flat[idx].contiguous()))
+            else:
+                mlp_terms.append((prm, ct))
+        grid_step, mlp_step = t.grid_opt.step, t.mlp_opt.step
+
+        def corrected_grid_step(scale: float = 1.0):
+            for grid, idx, vals in grid_terms:
+                if grid.sparse:
+                    grid.grad_buffer().view(-1, vals.shape[1]).index_add_(0, idx, vals)
+                    grid.touched_mask()[idx] = 1
+                elif grid.data.grad is not None:
+                    grid.data.grad.view(-1, vals.shape[1]).index_add_(0, idx, vals)
+            grid_step(scale)
+
+        def corrected_mlp_step(*args, **kw):
+            for prm, ct in mlp_terms:
+                if prm.grad is not None:
+                    prm.grad.add_(ct)
+            return mlp_step(*args, **kw)
+
+        t.grid_opt.step, t.mlp_opt.step = corrected_grid_step, corrected_mlp_step
+        return t
+
+
+def set_corrections(users: list[CorrectedUser], arrays: list[np.ndarray], batches: int, scale: float) -> None:
+    """Each user's ``scale * (c - c_k)`` at ``arrays`` (see :class:`CorrectedUser`)."""
+    for u in users:
+        u.correction = None
+    grads = [u.loss_gradient(arrays, batches)[0] for u in tqdm(users, desc="control variates", leave=False)]
+    for u, g in zip(users, grads):
+        corr = []
+        for j, gj in enumerate(g):
+            if gj.ndim == 4:  # a grid: the mean over the users whose rays reached each voxel
+                total = sum(h[j] for h in grads)
+                count = sum((np.abs(h[j]).sum(-1, keepdims=True) > 0).astype(np.float64) for h in grads)
+                mean = total / np.maximum(count, 1.0)
+                mine = np.abs(gj).sum(-1, keepdims=True) > 0
+                corr.append(np.where(mine, scale * (mean - gj), 0.0))
+            else:
+                corr.append(scale * (sum(h[j] for h in grads) / len(grads) - gj))
+        u.correction = corr
 
 
 def user_update(user: LocalUser, arrays: list[np.ndarray], cfg) -> dict:
@@ -141,6 +205,9 @@ def main() -> int:
     p.add_argument("run", type=Path, help="a finished privnerf fed run directory (learned or fedavg)")
     p.add_argument("--rules", default="touched,rms,fisher,fisher-ch,plain")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--correction", choices=("none", "scaffold"), default="none",
+                   help="local drift correction in every replayed round (scaffold: see CorrectedUser)")
+    p.add_argument("--correction-scale", type=float, default=1.0)
     p.add_argument("--saturate", type=float, default=0.5, help="quantile q of the rms-sat rule")
     p.add_argument("--views", type=int, default=10, help="clean test views scored")
     p.add_argument("--leakage-views", type=int, default=1,
@@ -173,7 +240,8 @@ def main() -> int:
     out = ROOT / "benchmarks" / "results" / f"round-rules{'-' + a.tag if a.tag else ''}.json"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     doc = {"run": str(a.run), "aggregator": cfg.aggregator, "start_round": rnd, "users": len(ids),
-           "saturate": a.saturate, "local_epochs": cfg.local_epochs, "commit": commit.stdout.strip(),
+           "saturate": a.saturate, "correction": a.correction, "correction_scale": a.correction_scale,
+           "local_epochs": cfg.local_epochs, "commit": commit.stdout.strip(),
            "command": "python benchmarks/round_rules.py " + " ".join(sys.argv[1:]), "rows": []}
 
     def score(arr) -> dict:
@@ -208,8 +276,8 @@ def main() -> int:
         tmp = Path(tmp)
 
         def users_in(d: Path) -> list[LocalUser]:
-            return [LocalUser(u, cfg.data, tc, d, cfg.rounds, cfg.local_epochs, keep_optimizer=cfg.keep_optimizer,
-                              person_free=cfg.trains_person_free) for u in ids]
+            return [CorrectedUser(u, cfg.data, tc, d, cfg.rounds, cfg.local_epochs, keep_optimizer=cfg.keep_optimizer,
+                                  person_free=cfg.trains_person_free) for u in ids]
 
         def fresh_states(name: str) -> Path:
             d = tmp / name
@@ -222,7 +290,10 @@ def main() -> int:
 
         def one_round(d: Path, arr, desc: str) -> list[dict]:
             ups = []
-            for u in tqdm(users_in(d), desc=desc, leave=False):
+            users = users_in(d)
+            if a.correction == "scaffold":
+                set_corrections(users, arr, cfg.grad_batches, a.correction_scale)
+            for u in tqdm(users, desc=desc, leave=False):
                 ups.append(user_update(u, arr, cfg))
             return ups
 
