@@ -47,7 +47,8 @@ MODES = ("none", "mlp", "grids", "all")
 
 
 def load_run(run: Path) -> tuple[FedConfig, list, int]:
-    """The run's configuration, its last aggregate's arrays and that aggregate's round."""
+    """The run's configuration, its last aggregate's arrays and that aggregate's round; exits naming the file
+    when the directory is not a finished run or its crowd is not on this machine."""
     cfg_path, state_path = run / "config.json", run / "server" / "state.pt"
     for p in (cfg_path, state_path):
         if not p.exists():
@@ -56,6 +57,8 @@ def load_run(run: Path) -> tuple[FedConfig, list, int]:
         cfg = FedConfig.from_json(cfg_path.read_text())
     except (ValueError, TypeError, KeyError) as e:
         raise SystemExit(f"{cfg_path}: not a privnerf fed run configuration ({e})") from None
+    if not cfg.data or not Path(cfg.data).exists():
+        raise SystemExit(f"{cfg_path}: its crowd {cfg.data!r} is not here")
     try:
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         return cfg, st["arrays"], int(st.get("round", 0))
@@ -113,8 +116,6 @@ def main() -> int:
         raise SystemExit(f"--steps ({a.steps}) and --views ({a.views}) must be at least 1")
     set_threads(a.threads)
     cfg, arrays, rnd = load_run(a.run)
-    if not cfg.data or not Path(cfg.data).exists():
-        raise SystemExit(f"{a.run}/config.json: its crowd {cfg.data!r} is not here")
     train = person_free_copy(load_dataset(cfg.data, "train"))
     test = load_dataset(cfg.data, "test")
     out = ROOT / "benchmarks" / "results" / f"aggregate-finetune{'-' + a.tag if a.tag else ''}.json"

@@ -24,13 +24,16 @@ and combines the users' global weights under each rule:
 * ``rms+mlp``: ``rms`` on the grids, and the MLP weights merged per parameter with their Adam second moments.
 
 MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. ``--correction scaffold`` changes
-the local step instead (:class:`CorrectedUser`; every replayed round, so compare with a run without it). With ``--rounds R > 1`` each rule continues
-from its own aggregate for R-1 more rounds (its own copy of the users' states). Each aggregate is scored
-on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py`` scores (the same code), and for its
-personal-content leakage as a run measures it (``privnerf.privacy.leakage``; fewer views per user by default).
+the local step instead (:class:`CorrectedUser`; every replayed round, so compare with a run without it). With
+``--rounds R > 1`` each rule continues from its own aggregate for R-1 more rounds (its own copy of the users'
+states). Each aggregate is scored on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py``
+scores (the same code), and for its personal-content leakage as a run measures it (``privnerf.privacy.leakage``;
+fewer views per user by default).
 
 Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10] [--saturate q]
-[--users N] [--tag NAME]`` -> ``benchmarks/results/round-rules[-TAG].json``.
+[--users N] [--correction scaffold --correction-scale S] [--tag NAME]`` ->
+``benchmarks/results/round-rules[-TAG].json`` (written after every scored aggregate; a re-run with the same tag
+replaces it).
 """
 
 from __future__ import annotations
@@ -56,11 +59,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from aggregate_finetune import global_trainer, load_run  # noqa: E402
 
 from privnerf.eval.evaluate import evaluate_split  # noqa: E402
-from privnerf.privacy.leakage import personal_content_psnr  # noqa: E402
-
 from privnerf.fed import messages  # noqa: E402
 from privnerf.fed.local import LocalUser, load_dataset  # noqa: E402
 from privnerf.fed.run import user_ids  # noqa: E402
+from privnerf.privacy.leakage import person_free_copy, personal_content_psnr  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 from privnerf.train.trainer import set_threads  # noqa: E402
 
@@ -116,18 +118,21 @@ def set_corrections(users: list[CorrectedUser], arrays: list[np.ndarray], batche
     for u in users:
         u.correction = None
     grads = [u.loss_gradient(arrays, batches)[0] for u in tqdm(users, desc="control variates", leave=False)]
+
+    def reached(h: np.ndarray) -> np.ndarray:  # the voxels a user's gradient reached (any channel)
+        return np.abs(h).sum(-1, keepdims=True) > 0
+
+    means = []
+    for j, a0 in enumerate(grads[0]):
+        total = sum(h[j] for h in grads)
+        if a0.ndim == 4:  # a grid: the mean over the users whose rays reached each voxel
+            total /= np.maximum(sum(reached(h[j]).astype(np.float64) for h in grads), 1.0)
+        else:
+            total /= len(grads)
+        means.append(total)
     for u, g in zip(users, grads):
-        corr = []
-        for j, gj in enumerate(g):
-            if gj.ndim == 4:  # a grid: the mean over the users whose rays reached each voxel
-                total = sum(h[j] for h in grads)
-                count = sum((np.abs(h[j]).sum(-1, keepdims=True) > 0).astype(np.float64) for h in grads)
-                mean = total / np.maximum(count, 1.0)
-                mine = np.abs(gj).sum(-1, keepdims=True) > 0
-                corr.append(np.where(mine, scale * (mean - gj), 0.0))
-            else:
-                corr.append(scale * (sum(h[j] for h in grads) / len(grads) - gj))
-        u.correction = corr
+        u.correction = [np.where(reached(gj), scale * (m - gj), 0.0) if gj.ndim == 4 else scale * (m - gj)
+                        for gj, m in zip(g, means)]
 
 
 def user_update(user: LocalUser, arrays: list[np.ndarray], cfg) -> dict:
@@ -224,18 +229,23 @@ def main() -> int:
         raise SystemExit(f"--saturate must be in (0, 1], got {a.saturate}")
     if a.rounds < 1 or a.views < 1:
         raise SystemExit(f"--rounds ({a.rounds}) and --views ({a.views}) must be at least 1")
+    if a.users is not None and a.users < 1:
+        raise SystemExit(f"--users must be at least 1, got {a.users}")
+    if not a.correction_scale > 0:
+        raise SystemExit(f"--correction-scale must be > 0, got {a.correction_scale}")
     set_threads(a.threads)
     cfg, arrays, rnd = load_run(a.run)
     clients = a.run / "state" / "clients"
     if not clients.is_dir():
-        raise SystemExit(f"{clients}: not found (the run's users' states are needed)")
-    if not cfg.data or not Path(cfg.data).exists():
-        raise SystemExit(f"{a.run}/config.json: its crowd {cfg.data!r} is not here")
+        raise SystemExit(f"{clients}: not found (the run's users' states are needed; centralized and oracle "
+                         "runs have none)")
     test = load_dataset(cfg.data, "test")
     train_all = load_dataset(cfg.data, "train")
     ids = user_ids(train_all)[: a.users]
-    from privnerf.privacy.leakage import person_free_copy
-
+    missing = [str(clients / f"user-{u:03d}.pt") for u in ids if not (clients / f"user-{u:03d}.pt").exists()]
+    if missing:
+        raise SystemExit(f"{missing[0]}: not found ({len(missing)} of the run's {len(ids)} users have no state: "
+                         "did the run finish a round?)")
     scored_on = person_free_copy(train_all)
     out = ROOT / "benchmarks" / "results" / f"round-rules{'-' + a.tag if a.tag else ''}.json"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
@@ -283,7 +293,11 @@ def main() -> int:
             d = tmp / name
             d.mkdir()
             for u in ids:
-                st = torch.load(clients / f"user-{u:03d}.pt", map_location="cpu", weights_only=False)
+                src = clients / f"user-{u:03d}.pt"
+                try:
+                    st = torch.load(src, map_location="cpu", weights_only=False)
+                except Exception as e:  # a truncated or foreign file: name it instead of a pickle traceback
+                    raise SystemExit(f"{src}: not a readable user state ({type(e).__name__}: {e})") from None
                 st["previous_global"] = None  # only the alpha update reads it; not needed here
                 torch.save(st, d / f"user-{u:03d}.pt")
             return d

@@ -185,7 +185,7 @@ def test_centred_alpha_gradient_counts_only_the_voxels_a_user_touched():
         AlphaRule(gradient="centered")
 
 
-def test_coverage_weight_is_zero_where_training_left_a_voxel_and_gradient_scales_the_rest():
+def test_coverage_weight_is_zero_where_training_left_a_voxel_and_gradient_scales_the_rest(caplog):
     """``m_k`` of the coverage-weighted mean: 1 on touched voxels (``touched``) or the user's RMS gradient there
     scaled to a maximum of 1 (``gradient``), 0 on voxels the round's training did not move (even where Adam
     holds old moments), so a voxel one user pins down outweighs one another user grazed."""
@@ -197,9 +197,8 @@ def test_coverage_weight_is_zero_where_training_left_a_voxel_and_gradient_scales
     mine[2] = mine[2] + 1.0      # MLP weights never enter the voxel map
     sq = torch.ones(field.density_grid.data.shape)
     sq[1, 2, 3] = 4.0            # the first voxel's gradients were twice as large (RMS)
-    trainer = SimpleNamespace(grid_opt=SimpleNamespace(state=[{"exp_avg_sq": sq},
-                                                              {"exp_avg_sq": torch.ones(field.feature_grid.data.shape)}]),
-                              field=field)
+    moments = [{"exp_avg_sq": sq}, {"exp_avg_sq": torch.ones(field.feature_grid.data.shape)}]
+    trainer = SimpleNamespace(grid_opt=SimpleNamespace(state=moments), field=field)
     u = _user_with(0.5, None)
     u.gradient_energy = LocalUser._gradient_energy(trainer)
     assert u.gradient_energy.max() == pytest.approx(1.0) and u.gradient_energy[1, 2, 3] == pytest.approx(1.0)
@@ -211,6 +210,11 @@ def test_coverage_weight_is_zero_where_training_left_a_voxel_and_gradient_scales
     assert np.count_nonzero(g) == 2  # the energy elsewhere is not the round's training
     with pytest.raises(ValueError, match="coverage_weight"):
         u.coverage_weight(keys, mine, received, "fisher")
+    # without this round's moments the client says so and falls back to the touched mask
+    u.gradient_energy = None
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(u.coverage_weight(keys, mine, received, "gradient"), t)
+    assert "coverage weight 'touched' used instead" in caplog.text
 
 
 def test_alpha_is_capped_at_the_secure_sums_bound(caplog):

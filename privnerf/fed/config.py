@@ -70,7 +70,7 @@ class FedConfig:
     'gradient' = the user's RMS gradient there (from its Adam second moments), scaled to a maximum of 1.
     'gradient' doubles a late round's progress on person-free photos (benchmarks/round_rules.py) but lets each
     user's own people and floaters into the aggregate, which its photos pin hardest (decentnerf-lego-20-x5-rms:
-    19.08 dB and leakage 7.3 at round 5 against 21.11 with 'touched'; docs/decentnerf.md)."""
+    19.08 dB and leakage 7.3 at round 5 against 21.11 and 5.3 with 'touched'; docs/decentnerf.md)."""
     personal_warmup: float = 0.0
     """Share of each round's local steps that train only the personal field (global frozen). With
     ``--train.personal.lr-grid 1.0`` it moves each user's static people into its personal field

@@ -307,8 +307,12 @@ class LocalUser:
         for k, w, g in zip(keys, weights, received):
             if messages.is_grid_key(k) and w.shape == g.shape:
                 touched |= np.any(w != g, axis=-1)
-        if kind == "gradient" and self.gradient_energy is not None and self.gradient_energy.shape == touched.shape:
-            return np.where(touched, self.gradient_energy, 0.0)
+        if kind == "gradient":
+            energy = getattr(self, "gradient_energy", None)
+            if energy is not None and energy.shape == touched.shape:
+                return np.where(touched, energy, 0.0)
+            log.warning("user %d: no gradient energy of the grids' shape %s from this round; coverage weight "
+                        "'touched' used instead", self.user, touched.shape)
         return touched.astype(np.float64)
 
     def train(self, global_arrays: list[np.ndarray], epochs: float, personal_warmup: float = 0.0,
