@@ -15,8 +15,8 @@ fresh Adam and the run's learning-rate decay over the fine-tune's steps, the per
 has: it splits a gap, it is no method.
 
 Usage: ``python benchmarks/aggregate_finetune.py RUN_DIR [--steps 1000] [--modes none,mlp,grids]
-[--views 10] [--tag NAME]`` -> ``benchmarks/results/aggregate-finetune[-TAG].json`` (rows are appended per
-run directory and mode; a re-run replaces its own rows).
+[--views 10] [--lr-factor F] [--tag NAME]`` -> ``benchmarks/results/aggregate-finetune[-TAG].json`` (rows are appended per
+run directory, mode, steps and learning-rate factor; a re-run replaces its own rows).
 """
 
 from __future__ import annotations
@@ -66,10 +66,16 @@ def load_run(run: Path) -> tuple[FedConfig, list, int]:
         raise SystemExit(f"{state_path}: not a readable server state ({type(e).__name__}: {e})") from None
 
 
-def global_trainer(cfg: FedConfig, arrays: list, train, steps: int = 1):
+def global_trainer(cfg: FedConfig, arrays: list, train, steps: int = 1, lr_factor: float | None = None):
     """A one-field trainer (personal field off) on ``train`` holding the aggregate ``arrays``, its occupancy
-    grid refreshed: what is scored, and what fine-tunes (the learning rate decays over ``steps``)."""
+    grid refreshed: what is scored, and what fine-tunes (the learning rate decays over ``steps``; with
+    ``lr_factor`` it is instead constant at that factor times the clients' starting rates)."""
     tc = copy.deepcopy(cfg.client_train_config())
+    if lr_factor is not None:
+        tc.optim.lr_density *= lr_factor
+        tc.optim.lr_features *= lr_factor
+        tc.optim.lr_mlp *= lr_factor
+        tc.optim.lr_final_factor = 1.0
     tc.personal.enabled = False
     tc.field.grid.grow_at = ()  # the aggregate's shapes are final
     tc.steps = max(steps, 1)  # the learning rate decays over the fine-tune, as over a run
@@ -79,8 +85,9 @@ def global_trainer(cfg: FedConfig, arrays: list, train, steps: int = 1):
     return t
 
 
-def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, views: int) -> dict:
-    t = global_trainer(cfg, arrays, train, steps)
+def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, views: int,
+             lr_factor: float | None = None) -> dict:
+    t = global_trainer(cfg, arrays, train, steps, lr_factor)
     n_grids = len(t.field.grids())
     if mode in ("mlp",):
         for j in range(n_grids):
@@ -95,7 +102,7 @@ def finetune(cfg: FedConfig, arrays: list, train, test, mode: str, steps: int, v
     dt = time.perf_counter() - t0
     r = evaluate_split(t.field, t.occ, t.settings(inference=True), test, max_images=views, with_lpips=False,
                        quiet=True)
-    return {"mode": mode, "steps": 0 if mode == "none" else steps, "psnr": r["psnr"], "ssim": r["ssim"],
+    return {"mode": mode, "steps": 0 if mode == "none" else steps, "lr_factor": lr_factor, "psnr": r["psnr"], "ssim": r["ssim"],
             "views": r["num_images"], "finetune_s": dt}
 
 
@@ -105,6 +112,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--modes", default="none,mlp,grids")
     p.add_argument("--views", type=int, default=10, help="clean test views scored")
+    p.add_argument("--lr-factor", type=float, default=None,
+                   help="a constant learning rate, this factor times the clients' starting rates (the run's "
+                        "last rounds train at about its final factor, 0.1), instead of the decay over --steps")
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
@@ -114,6 +124,8 @@ def main() -> int:
         raise SystemExit(f"--modes: unknown {bad or a.modes!r}; choose from {', '.join(MODES)}")
     if a.steps < 1 or a.views < 1:
         raise SystemExit(f"--steps ({a.steps}) and --views ({a.views}) must be at least 1")
+    if a.lr_factor is not None and not a.lr_factor > 0:
+        raise SystemExit(f"--lr-factor must be > 0, got {a.lr_factor}")
     set_threads(a.threads)
     cfg, arrays, rnd = load_run(a.run)
     train = person_free_copy(load_dataset(cfg.data, "train"))
@@ -128,11 +140,12 @@ def main() -> int:
     bench = a.run.parent / "benchmark.json"
     source = json.loads(bench.read_text()).get("command") if bench.exists() else None
     for mode in modes:
-        row = finetune(cfg, arrays, train, test, mode, a.steps, a.views)
+        row = finetune(cfg, arrays, train, test, mode, a.steps, a.views, a.lr_factor)
         row.update(run=str(a.run), aggregator=cfg.aggregator, round=rnd, run_command=source,
                    commit=commit.stdout.strip(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    command="python benchmarks/aggregate_finetune.py " + " ".join(sys.argv[1:]))
-        doc["rows"] = [r for r in doc["rows"] if not (r["run"] == row["run"] and r["mode"] == mode)] + [row]
+        same = ("run", "mode", "steps", "lr_factor")  # a re-run replaces only its own rows
+        doc["rows"] = [r for r in doc["rows"] if any(r.get(k) != row.get(k) for k in same)] + [row]
         atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
         tqdm.write(f"{mode:6s} {row['psnr']:.2f} dB after {row['steps']} steps")
     print(f"-> {out}")

@@ -24,14 +24,17 @@ and combines the users' global weights under each rule:
 * ``rms+mlp``: ``rms`` on the grids, and the MLP weights merged per parameter with their Adam second moments.
 
 MLP weights are ``sum a_k w_k / sum a_k`` under every rule but ``rms+mlp``. ``--correction scaffold`` changes
-the local step instead (:class:`CorrectedUser`; every replayed round, so compare with a run without it). With
+the local step instead (:class:`CorrectedUser`; every replayed round, so compare with a run without it), as does
+``--correction drift`` (:class:`DriftUser`, from the second replayed round). ``--freeze-mlp`` lets the users
+train only the grids; ``--lr-restart`` gives every replayed round the schedule's whole decay (start to end rate)
+instead of the end rate the run left the users at. With
 ``--rounds R > 1`` each rule continues from its own aggregate for R-1 more rounds (its own copy of the users'
 states). Each aggregate is scored on the crowd's clean test views, as ``benchmarks/aggregate_finetune.py``
 scores (the same code), and for its personal-content leakage as a run measures it (``privnerf.privacy.leakage``;
 fewer views per user by default).
 
 Usage: ``python benchmarks/round_rules.py RUN_DIR [--rules touched,fisher] [--rounds 1] [--views 10] [--saturate q]
-[--users N] [--correction scaffold --correction-scale S] [--tag NAME]`` ->
+[--users N] [--correction scaffold --correction-scale S] [--lr-restart] [--freeze-mlp] [--set KEY=VALUE ...] [--tag NAME]`` ->
 ``benchmarks/results/round-rules[-TAG].json`` (written after every scored aggregate; a re-run with the same tag
 replaces it).
 """
@@ -57,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from aggregate_finetune import global_trainer, load_run  # noqa: E402
+from decentnerf import apply_sets  # noqa: E402
 
 from privnerf.eval.evaluate import evaluate_split  # noqa: E402
 from privnerf.fed import messages  # noqa: E402
@@ -67,6 +71,23 @@ from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 from privnerf.train.trainer import set_threads  # noqa: E402
 
 RULES = ("plain", "touched", "rms", "rms-sat", "fisher", "fisher-ch", "rms+mlp")
+
+
+def per_parameter_terms(t, arrays: list[np.ndarray], factor: float = 1.0) -> tuple[list, list]:
+    """``factor * arrays`` (one per global array of trainer ``t``) split for the optimizer hooks: for each
+    grid ``(grid, voxel indices where the term is nonzero, the (n, C) values there)``, for each MLP tensor
+    ``(parameter, term)``."""
+    grid_of = {"density_grid.data": t.field.density_grid, "feature_grid.data": t.field.feature_grid}
+    grid_terms, mlp_terms = [], []
+    for k, prm, c in zip(messages.global_keys(t.field), messages.global_tensors(t.field), arrays):
+        ct = torch.from_numpy(np.ascontiguousarray(c)).float() * factor
+        if k in grid_of:
+            flat = ct.reshape(-1, ct.shape[-1])
+            idx = flat.abs().sum(1).nonzero().squeeze(1)
+            grid_terms.append((grid_of[k], idx, flat[idx].contiguous()))
+        else:
+            mlp_terms.append((prm, ct))
+    return grid_terms, mlp_terms
 
 
 class CorrectedUser(LocalUser):
@@ -82,16 +103,7 @@ class CorrectedUser(LocalUser):
         t = super().trainer(global_arrays)
         if self.correction is None:
             return t
-        grid_of = {"density_grid.data": t.field.density_grid, "feature_grid.data": t.field.feature_grid}
-        grid_terms, mlp_terms = [], []
-        for k, prm, c in zip(messages.global_keys(t.field), messages.global_tensors(t.field), self.correction):
-            ct = torch.from_numpy(np.ascontiguousarray(c)).float()
-            if k in grid_of:
-                flat = ct.reshape(-1, ct.shape[-1])
-                idx = flat.abs().sum(1).nonzero().squeeze(1)
-                grid_terms.append((grid_of[k], idx, flat[idx].contiguous()))
-            else:
-                mlp_terms.append((prm, ct))
+        grid_terms, mlp_terms = per_parameter_terms(t, self.correction)
         grid_step, mlp_step = t.grid_opt.step, t.mlp_opt.step
 
         def corrected_grid_step(scale: float = 1.0):
@@ -111,6 +123,59 @@ class CorrectedUser(LocalUser):
 
         t.grid_opt.step, t.mlp_opt.step = corrected_grid_step, corrected_mlp_step
         return t
+
+
+class DriftUser(LocalUser):
+    """A user that corrects its drift in parameter units, after Adam (``--correction drift``; SCAFFOLD's
+    option II, Karimireddy et al. 2020, in the form that does not pass through the optimizer): from the second
+    replayed round on, every local step adds ``shift / K`` to the user's global weights, ``shift = s (D - D_k)``
+    with ``D_k`` the user's own movement in the previous round (its upload minus the aggregate it started from),
+    ``D`` the aggregate's movement in that round, and ``K`` the user's steps per round. Over a round the user
+    thus replaces the part of its own last move that the consensus did not share with the consensus's move. On
+    grids the shift is applied only on the voxels the user's training touched last round (elsewhere ``D_k`` is
+    zero and the shift would be the aggregate's move alone, a server step in disguise)."""
+
+    shift: list | None = None
+    steps_in_round: int = 1
+
+    def trainer(self, global_arrays):
+        t = super().trainer(global_arrays)
+        if self.shift is None:
+            return t
+        grid_terms, mlp_terms = per_parameter_terms(t, self.shift, 1.0 / max(self.steps_in_round, 1))
+        grid_step, mlp_step = t.grid_opt.step, t.mlp_opt.step
+
+        def shifted_grid_step(*args, **kw):
+            out = grid_step(*args, **kw)
+            with torch.no_grad():
+                for grid, idx, vals in grid_terms:
+                    grid.data.view(-1, vals.shape[1]).index_add_(0, idx, vals)
+            return out
+
+        def shifted_mlp_step(*args, **kw):
+            out = mlp_step(*args, **kw)
+            with torch.no_grad():
+                for prm, ct in mlp_terms:
+                    prm.add_(ct)
+            return out
+
+        t.grid_opt.step, t.mlp_opt.step = shifted_grid_step, shifted_mlp_step
+        return t
+
+
+def set_shifts(users: list[DriftUser], start: list[np.ndarray], new: list[np.ndarray], ups: list[dict],
+               scale: float, epochs: float) -> None:
+    """Each user's ``scale * (D - D_k)`` from the previous round: it started at ``start``, the rule combined
+    the users' ``ups`` into ``new`` (see :class:`DriftUser`)."""
+    for u, up in zip(users, ups):
+        shift = []
+        for k, a0, a1, w in zip(up["keys"], start, new, up["weights"]):
+            d = (a1.astype(np.float64) - a0) - (w.astype(np.float64) - a0)
+            if messages.is_grid_key(k):
+                d = np.where(up["touched"][..., None], d, 0.0)
+            shift.append((scale * d).astype(np.float32))
+        u.shift = shift
+        u.steps_in_round = u.steps_per_round(epochs)
 
 
 def set_corrections(users: list[CorrectedUser], arrays: list[np.ndarray], batches: int, scale: float) -> None:
@@ -210,10 +275,20 @@ def main() -> int:
     p.add_argument("run", type=Path, help="a finished privnerf fed run directory (learned or fedavg)")
     p.add_argument("--rules", default="touched,rms,fisher,fisher-ch,plain")
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--correction", choices=("none", "scaffold"), default="none",
-                   help="local drift correction in every replayed round (scaffold: see CorrectedUser)")
+    p.add_argument("--correction", choices=("none", "scaffold", "drift"), default="none",
+                   help="local drift correction: scaffold in every replayed round (CorrectedUser); drift from the "
+                        "second replayed round on (DriftUser; needs --rounds >= 2)")
     p.add_argument("--correction-scale", type=float, default=1.0)
     p.add_argument("--saturate", type=float, default=0.5, help="quantile q of the rms-sat rule")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="change the run's settings for the replayed rounds (as benchmarks/decentnerf.py --set), "
+                        "e.g. train.optim.distortion_weight=0.02")
+    p.add_argument("--freeze-mlp", action="store_true",
+                   help="the users train only the global grids (the global MLPs keep the aggregate's weights)")
+    p.add_argument("--lr-restart", action="store_true",
+                   help="each replayed round decays the users' learning rate from its start to its end value, as a "
+                        "fine-tune of one round's steps does (benchmarks/aggregate_finetune.py), instead of going on "
+                        "from where the run's schedule ended")
     p.add_argument("--views", type=int, default=10, help="clean test views scored")
     p.add_argument("--leakage-views", type=int, default=1,
                    help="training views per user for the leakage measure (0: skip it)")
@@ -231,10 +306,16 @@ def main() -> int:
         raise SystemExit(f"--rounds ({a.rounds}) and --views ({a.views}) must be at least 1")
     if a.users is not None and a.users < 1:
         raise SystemExit(f"--users must be at least 1, got {a.users}")
+    if a.correction == "drift" and a.rounds < 2:
+        raise SystemExit("--correction drift starts in the second replayed round: give --rounds 2 or more")
     if not a.correction_scale > 0:
         raise SystemExit(f"--correction-scale must be > 0, got {a.correction_scale}")
     set_threads(a.threads)
     cfg, arrays, rnd = load_run(a.run)
+    try:
+        cfg = apply_sets(cfg, a.set)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     clients = a.run / "state" / "clients"
     if not clients.is_dir():
         raise SystemExit(f"{clients}: not found (the run's users' states are needed; centralized and oracle "
@@ -251,6 +332,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     doc = {"run": str(a.run), "aggregator": cfg.aggregator, "start_round": rnd, "users": len(ids),
            "saturate": a.saturate, "correction": a.correction, "correction_scale": a.correction_scale,
+           "lr_restart": a.lr_restart, "freeze_mlp": a.freeze_mlp, "set": a.set,
            "local_epochs": cfg.local_epochs, "commit": commit.stdout.strip(),
            "command": "python benchmarks/round_rules.py " + " ".join(sys.argv[1:]), "rows": []}
 
@@ -282,11 +364,15 @@ def main() -> int:
     doc["rows"].append({"rule": "start", "round": 0, **res0})
     tqdm.write(show("start", 0, res0))
     tc = cfg.client_train_config()
+    if a.freeze_mlp:
+        tc.optim.lr_mlp = 0.0
     with tempfile.TemporaryDirectory(prefix="round-rules-") as tmp:
         tmp = Path(tmp)
 
         def users_in(d: Path) -> list[LocalUser]:
-            return [CorrectedUser(u, cfg.data, tc, d, cfg.rounds, cfg.local_epochs, keep_optimizer=cfg.keep_optimizer,
+            rounds = 1 if a.lr_restart else cfg.rounds
+            cls = DriftUser if a.correction == "drift" else CorrectedUser
+            return [cls(u, cfg.data, tc, d, rounds, cfg.local_epochs, keep_optimizer=cfg.keep_optimizer,
                                   person_free=cfg.trains_person_free) for u in ids]
 
         def fresh_states(name: str) -> Path:
@@ -302,12 +388,16 @@ def main() -> int:
                 torch.save(st, d / f"user-{u:03d}.pt")
             return d
 
-        def one_round(d: Path, arr, desc: str) -> list[dict]:
+        def one_round(d: Path, arr, desc: str, prev=None) -> list[dict]:
             ups = []
             users = users_in(d)
             if a.correction == "scaffold":
                 set_corrections(users, arr, cfg.grad_batches, a.correction_scale)
+            if a.correction == "drift" and prev is not None:
+                set_shifts(users, *prev, a.correction_scale, cfg.local_epochs)
             for u in tqdm(users, desc=desc, leave=False):
+                if a.lr_restart:
+                    u.state.steps = 0  # the round's schedule: start to end value over its own steps
                 ups.append(user_update(u, arr, cfg))
             return ups
 
@@ -322,15 +412,22 @@ def main() -> int:
             doc["rows"].append({"rule": rule, "round": 1, **res, "gain": res["psnr"] - start, "train_s": train_s})
             tqdm.write(show(rule, 1, res))
             save()
-        del ups
+        keep = a.correction == "drift" and a.rounds >= 2  # the next round's shifts need this round's updates
+        if not keep:
+            del ups
         for rule in rules:
             if a.rounds < 2:
                 break
             d = tmp / f"r-{rule}"
             shutil.copytree(base, d)
             arr = firsts[rule]
+            prev = (arrays, arr, ups) if keep else None
             for r in range(2, a.rounds + 1):
-                arr = combine(rule, arr, one_round(d, arr, f"{rule} round {r}"), a.saturate)
+                step_ups = one_round(d, arr, f"{rule} round {r}", prev)
+                new_arr = combine(rule, arr, step_ups, a.saturate)
+                prev = (arr, new_arr, step_ups) if keep else None
+                arr = new_arr
+                del step_ups
                 res = score(arr)
                 doc["rows"].append({"rule": rule, "round": r, **res, "gain": res["psnr"] - start})
                 tqdm.write(show(rule, r, res))

@@ -191,6 +191,9 @@ def fed_tables() -> list[str]:
         out.append("")
     for path in sorted(RESULTS.glob("decentnerf-*.json")):
         r = json.loads(path.read_text())
+        if "finished" not in r:  # an unfinished run's saved rounds (e.g. -x5-rms-rounds): no table of results
+            out += [f"{path.stem}: rounds of an unfinished run, no final evaluation (see BENCHMARKS.md)", ""]
+            continue
         out += head(f"{path.stem} (finished {r['finished']}; commit {r['commit']}; `{r['command']}`)",
                     ["variant", "aggregator", "users", "PSNR", "SSIM", "LPIPS", "leakage PSNR",
                      "person-free reference", "server render vs person-free view", "client steps", "server FLOPs",
@@ -316,6 +319,8 @@ def plot() -> Path | None:
                  (f"vanilla MLP (commit {r['commit']})", r["runs"]["vanilla"], "s--")]
         for path in sorted(RESULTS.glob(f"engine-{name}-*.json")):  # grid-only check runs of the same case
             check = json.loads(path.read_text())
+            if check.get("machine", {}).get("cuda"):  # a GPU run does not belong on the 2-core CPU axes
+                continue
             if "grid" in check.get("runs", {}) and "vanilla" not in check["runs"]:
                 tag = path.stem[len(f"engine-{name}-"):]
                 lines.append((f"grid, check run '{tag}' (commit {check['commit']})", check["runs"]["grid"], "^-"))

@@ -293,3 +293,35 @@ def test_personal_warmup_waits_for_the_second_round_then_freezes_the_global_fiel
     assert stats["local_steps"] == steps + round(0.5 * steps)
     assert user.state.steps == before + steps  # the decay follows the round's steps
     assert any(not np.array_equal(a, b) for a, b in zip(up3, up2))
+
+
+def test_federated_clients_add_the_distortion_term_only_when_set(tiny_crowd, tmp_path):
+    """The NeRF-W loss of a client takes ``optim.distortion_weight`` times the distortion of the global field's
+    own weights (not of both fields': a person in front of the object is two modes along a ray by nature). The
+    federated default keeps it 0, so the loss is then NeRF-W's alone."""
+    from privnerf.fed import messages
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.local import LocalUser
+    from privnerf.render.volume import distortion_loss
+    from privnerf.train.trainer import Trainer
+
+    tc = FedConfig(data=str(tiny_crowd), aggregator="fedavg").client_train_config()
+    assert tc.optim.distortion_weight == 0.0
+    user = LocalUser(0, str(tiny_crowd), tc, tmp_path / "u", 1, 0.5)
+    start = messages.global_arrays(Trainer(tc, user.scene).field)
+    up, _ = user.train(start, 0.5)  # a trained aggregate: rays carry several weighted samples
+    t = user.trainer(up)
+    batch = t.sample_batch()
+    torch.manual_seed(3)
+    base, _, out0 = t.compute_loss(batch)
+    assert "samples" not in out0
+    t.cfg.optim.distortion_weight = 0.02
+    torch.manual_seed(3)  # the same jitter, so the same samples
+    loss, _, out = t.compute_loss(batch)
+    s, step = out["samples"], t.settings().step
+    expected = distortion_loss(out["weights_global"], s.t / step, s.delta / step, s.ray_idx, batch[0].shape[0]).mean()
+    assert float(expected) > 0
+    torch.testing.assert_close(loss - base, 0.02 * expected, rtol=1e-4, atol=1e-7)
+    # the global weights are the global field's share of the composite: they sum to at most the joint opacity
+    per_ray = torch.zeros(batch[0].shape[0]).index_add_(0, s.ray_idx, out["weights_global"].detach())
+    assert bool((per_ray <= out["opacity"].detach() + 1e-5).all())

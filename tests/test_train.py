@@ -164,8 +164,9 @@ def test_pure_pytorch_path_trains(tmp_path):
 
 def test_core_loss_adds_the_distortion_term_in_render_steps():
     """The core loss is the colour MSE plus ``optim.distortion_weight`` times the mean per-ray distortion, with
-    distances in render steps; weight 0 leaves the MSE alone. Split and federated training keep it off (their
-    clients' losses have no such term, and their centralized references must train the same objective)."""
+    distances in render steps; weight 0 leaves the MSE alone. Split and federated training keep it off by
+    default (split clients' losses have no such term, federated clients' NeRF-W loss takes it only when set, and
+    their centralized references must train the same objective)."""
     from privnerf.fed.config import FedConfig
     from privnerf.render.volume import distortion_loss
     from privnerf.split.config import SplitConfig

@@ -28,8 +28,9 @@ def _default_train() -> TrainConfig:
     # first centralized steps is needed only briefly (it costs ~0.5 s a step on one core)
     t.render.occ_warmup_steps = 8
     t.threads = 1
-    # The personal-field loss (learned, fedavg) has no distortion term; off for every aggregator so fednerf
-    # and centralized train the same objective as the DecentNeRF clients they are compared with.
+    # Off for every aggregator (so fednerf and centralized train the same objective as the DecentNeRF clients
+    # they are compared with) until measured on a federated run; when set, the clients' NeRF-W loss applies it
+    # to the global field's weights (Trainer.compute_loss).
     t.optim.distortion_weight = 0.0
     return t
 

@@ -173,6 +173,7 @@ def render_rays_personal(
     image: torch.Tensor,
     settings: RenderSettings,
     jitter: bool = False,
+    keep_samples: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Render rays through the global field and a personal field together (NeRF-W compositing).
 
@@ -187,7 +188,8 @@ def render_rays_personal(
     Returns:
         ``rgb (n, 3)``, ``beta (n,)`` (composited uncertainty + beta_min), ``opacity (n,)`` (both fields),
         ``personal_opacity (n,)``, ``sigma_personal (m,)`` (personal density at the shaded samples) and
-        ``num_samples``.
+        ``num_samples``; with ``keep_samples`` also ``samples`` (the m shaded samples) and ``weights_global``
+        ``(m,)``, the global field's rendering weights ``T_k (1 - exp(-sigma_k delta_k))`` (for sample losses).
     """
     n = origins.shape[0]
     s = march_culled(origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter,
@@ -214,7 +216,7 @@ def render_rays_personal(
     colour = personal.apply_appearance(colour, image)
     opacity = accumulate(w_joint, None, ray, n)
     beta_hat = accumulate(w_p, beta[:, None], ray, n)[:, 0] + personal.cfg.beta_min
-    return {
+    out = {
         "rgb": composite(colour, opacity, settings.background.to(colour)),
         "beta": beta_hat,
         "opacity": opacity,
@@ -222,6 +224,9 @@ def render_rays_personal(
         "sigma_personal": sigma_p,
         "num_samples": torch.tensor(len(s)),
     }
+    if keep_samples:
+        out["samples"], out["weights_global"] = s, w_g
+    return out
 
 
 def render_image_personal(field, personal, occ, c2w, intrinsics, h: int, w: int, image_index: int,

@@ -238,7 +238,9 @@ class Trainer:
         Without a personal field the loss is the colour MSE, plus (bounded scenes) ``optim.distortion_weight``
         times mip-NeRF 360's distortion loss and ``optim.rgb_per_sample_weight`` times DVGO's per-sample colour
         loss. With one it is NeRF-W's (as nerf_pl implements
-        it): ``mean(|C - C^|^2 / (2 beta^2)) + 3 + mean(log beta) + lambda_u mean(sigma_personal)``.
+        it): ``mean(|C - C^|^2 / (2 beta^2)) + 3 + mean(log beta) + lambda_u mean(sigma_personal)``, plus the
+        distortion term on the global field's weights when ``optim.distortion_weight`` > 0 (federated configs
+        keep it 0 unless set).
         """
         if self.personal is None:
             origins, dirs, target = batch[:3]
@@ -261,13 +263,23 @@ class Trainer:
                     loss = loss + o.rgb_per_sample_weight * (w * err).sum() / n
             return loss, mse, out
         origins, dirs, target, image = batch
-        out = render_rays_personal(self.field, self.personal, self.occ, origins, dirs, image, self.settings(),
-                                   jitter=True)
+        o = self.cfg.optim
+        settings = self.settings()
+        use_distortion = o.distortion_weight > 0 and not self.field.space.contraction
+        out = render_rays_personal(self.field, self.personal, self.occ, origins, dirs, image, settings,
+                                   jitter=True, keep_samples=use_distortion)
         err = (out["rgb"] - target) ** 2
         beta = out["beta"]
         pc = self.cfg.personal
         sparsity = out["sigma_personal"].mean() if out["sigma_personal"].numel() else err.new_zeros(())
         loss = (err / (2 * beta[:, None] ** 2)).mean() + 3.0 + torch.log(beta).mean() + pc.lambda_u * sparsity
+        if use_distortion and len(out["samples"]) > 0:
+            # on the global field's weights only: a person in front of the object is two modes along the ray
+            # by nature, and penalising that spread would push the people into the object
+            s = out["samples"]
+            dist = distortion_loss(out["weights_global"], s.t / settings.step, s.delta / settings.step, s.ray_idx,
+                                   origins.shape[0])
+            loss = loss + o.distortion_weight * dist.mean()
         return loss, err.mean(), out
 
     def sample_batch(self):
