@@ -142,8 +142,10 @@ class DecentServer:
     def _grow_if_due(self, rnd: int) -> None:
         progress = (rnd - 1) / max(self.cfg.rounds, 1)
         while self.field.pending_growth(progress):
+            before = tuple(self.field.density_grid.resolution)
             self.field.grow()
-            log.info("round %d: global grids grown to %s", rnd, self.field.density_grid.resolution)
+            if tuple(self.field.density_grid.resolution) != before:  # a stage past the voxel cap changes nothing
+                log.info("round %d: global grids grown to %s", rnd, self.field.density_grid.resolution)
 
     def _round(self, grid, strategy: RoundStrategy, rnd: int) -> None:
         cfg = self.cfg
