@@ -133,7 +133,9 @@ class DriftUser(LocalUser):
     ``D`` the aggregate's movement in that round, and ``K`` the user's steps per round. Over a round the user
     thus replaces the part of its own last move that the consensus did not share with the consensus's move. On
     grids the shift is applied only on the voxels the user's training touched last round (elsewhere ``D_k`` is
-    zero and the shift would be the aggregate's move alone, a server step in disguise)."""
+    zero and the shift would be the aggregate's move alone, a server step in disguise). A voxel the shift moves
+    counts as touched in this round's coverage weight even if the user's rays left it (one the user touched last
+    round and not this one), so it enters the average at the shifted value."""
 
     shift: list | None = None
     steps_in_round: int = 1

@@ -76,7 +76,15 @@ def test_empty_personal_field_renders_exactly_the_global_field():
     with torch.no_grad():
         a = render_rays(field, occ, origins, dirs, settings)
         b = render_rays_personal(field, pf, occ, origins, dirs, torch.zeros(64, dtype=torch.long), settings)
+        torch.manual_seed(2)
+        a_s = render_rays(field, occ, origins, dirs, settings, jitter=True, keep_samples=True)
+        torch.manual_seed(2)  # the same jitter, so the same samples
+        b_s = render_rays_personal(field, pf, occ, origins, dirs, torch.zeros(64, dtype=torch.long), settings,
+                                   jitter=True, keep_samples=True)
     torch.testing.assert_close(b["rgb"], a["rgb"], atol=1e-5, rtol=1e-5)
+    # the global weights a sample loss reads are the single-field weights when no person stands anywhere
+    torch.testing.assert_close(b_s["samples"].t, a_s["samples"].t)
+    torch.testing.assert_close(b_s["weights_global"], a_s["weights"], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(b["beta"], torch.full((64,), pf.cfg.beta_min))
     assert float(b["personal_opacity"].abs().max()) < 1e-6
 
@@ -93,9 +101,14 @@ def test_personal_content_occludes_the_global_field():
     origins = torch.tensor([[0.0, 0.0, 3.0]]).repeat(8, 1)
     dirs = torch.tensor([[0.0, 0.0, -1.0]]).repeat(8, 1)
     with torch.no_grad():
-        out = render_rays_personal(field, pf, occ, origins, dirs, torch.zeros(8, dtype=torch.long), settings)
+        out = render_rays_personal(field, pf, occ, origins, dirs, torch.zeros(8, dtype=torch.long), settings,
+                                   keep_samples=True)
     torch.testing.assert_close(out["rgb"], torch.tensor([[0.0, 1.0, 0.0]]).repeat(8, 1), atol=2e-3, rtol=0)
     assert float(out["personal_opacity"].min()) > 0.99
+    # the global field's weights (what the clients' distortion term reads) are its share only: behind an
+    # opaque person nearly nothing, although the joint opacity is ~1
+    per_ray = torch.zeros(8).index_add_(0, out["samples"].ray_idx, out["weights_global"])
+    assert float(per_ray.max()) < 0.05 and float(out["opacity"].min()) > 0.99
 
 
 def test_personal_exclusion_keeps_the_personal_field_off_what_the_aggregate_holds():

@@ -246,7 +246,7 @@ class Trainer:
             origins, dirs, target = batch[:3]
             o = self.cfg.optim
             settings = self.settings()
-            use_distortion = o.distortion_weight > 0 and not self.field.space.contraction
+            use_distortion = self._uses_distortion()
             sample_losses = use_distortion or o.rgb_per_sample_weight > 0
             out = render_rays(self.field, self.occ, origins, dirs, settings, jitter=True, keep_samples=sample_losses)
             mse = torch.mean((out["rgb"] - target) ** 2)
@@ -255,17 +255,14 @@ class Trainer:
                 s, w = out["samples"], out["weights"]
                 n = origins.shape[0]
                 if use_distortion:
-                    # distances in render steps, so the weight means the same at every grid size
-                    dist = distortion_loss(w, s.t / settings.step, s.delta / settings.step, s.ray_idx, n)
-                    loss = loss + o.distortion_weight * dist.mean()
+                    loss = loss + self._distortion_term(w, s, settings, n)
                 if o.rgb_per_sample_weight > 0:
                     err = ((out["values"][:, :3] - target[s.ray_idx]) ** 2).sum(-1)
                     loss = loss + o.rgb_per_sample_weight * (w * err).sum() / n
             return loss, mse, out
         origins, dirs, target, image = batch
-        o = self.cfg.optim
         settings = self.settings()
-        use_distortion = o.distortion_weight > 0 and not self.field.space.contraction
+        use_distortion = self._uses_distortion()
         out = render_rays_personal(self.field, self.personal, self.occ, origins, dirs, image, settings,
                                    jitter=True, keep_samples=use_distortion)
         err = (out["rgb"] - target) ** 2
@@ -276,11 +273,17 @@ class Trainer:
         if use_distortion and len(out["samples"]) > 0:
             # on the global field's weights only: a person in front of the object is two modes along the ray
             # by nature, and penalising that spread would push the people into the object
-            s = out["samples"]
-            dist = distortion_loss(out["weights_global"], s.t / settings.step, s.delta / settings.step, s.ray_idx,
-                                   origins.shape[0])
-            loss = loss + o.distortion_weight * dist.mean()
+            loss = loss + self._distortion_term(out["weights_global"], out["samples"], settings, origins.shape[0])
         return loss, err.mean(), out
+
+    def _uses_distortion(self) -> bool:
+        return self.cfg.optim.distortion_weight > 0 and not self.field.space.contraction
+
+    def _distortion_term(self, weights: torch.Tensor, s, settings, n_rays: int) -> torch.Tensor:
+        """``optim.distortion_weight`` times the mean per-ray distortion of ``weights`` ``(m,)`` at samples ``s``,
+        distances in render steps (so the weight means the same at every grid size)."""
+        dist = distortion_loss(weights, s.t / settings.step, s.delta / settings.step, s.ray_idx, n_rays)
+        return self.cfg.optim.distortion_weight * dist.mean()
 
     def sample_batch(self):
         return self.pixels.sample(self.cfg.optim.batch_rays, self.generator, with_image=self.personal is not None)
