@@ -5,6 +5,8 @@ Studies (``--study``), each on the crowd presets of ``privnerf data crowd`` (mad
 * ``main``: ``decentnerf-lego-20``; aggregators learned, fedavg, fednerf, centralized and oracle with the same
   rounds and local epochs (centralized and oracle train the same total steps on one trainer; oracle on the
   person-free copies) -> PSNR/SSIM/LPIPS, leakage, server FLOPs, bytes, client time;
+* ``random``: ``decentnerf-lego-20-random`` (the same crowd, views dealt out at random: the prototype's
+  layout), the same aggregators;
 * ``ablation``: ``decentnerf-ablation-8``; learned vs fedavg, with the alpha trajectories plotted;
 * ``users``: ``leakage-users`` (1..10 users); learned -> final leakage per number of users.
 
@@ -38,10 +40,12 @@ from privnerf.fed.run import run_federated, user_ids  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
 STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized", "oracle"]),
+           "random": ("decentnerf-lego-20-random", ["learned", "fedavg", "fednerf", "centralized", "oracle"]),
            "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
            "users": ("leakage-users", ["learned"]),
            "demo5": (None, ["learned", "fedavg", "fednerf", "centralized", "oracle"])}
-LEGO_RESULTS = {"main": "decentnerf-lego-20", "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users"}
+LEGO_RESULTS = {"main": "decentnerf-lego-20", "random": "decentnerf-lego-20-random",
+                "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users"}
 # demo5: the demo's crowd (built-in scene, 5 users in yaw slices, each with its own person): a quick check
 DEMO5 = dict(scene="builtin", users=5, personal="static")
 

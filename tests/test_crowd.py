@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -177,6 +178,8 @@ def test_presets_expand_to_the_papers_layouts(small_source):
     assert len(preset_variants("leakage-users")) == 10 and len(preset_variants("leakage-overlap")) == 9
     (_, lego20), = preset_variants("decentnerf-lego-20")
     assert lego20.scene == "lego" and lego20.users == 20 and lego20.personal == "both"
+    (_, lego20r), = preset_variants("decentnerf-lego-20-random")  # the prototype's layout: only the deal differs
+    assert lego20r.partition == "random" and replace(lego20r, partition="yaw-slices") == lego20
     (_, abl), = preset_variants("decentnerf-ablation-8", scene=SMALL)
     views = assign_views(small_source.azimuths(), abl, np.random.default_rng(0))
     assert all(np.array_equal(views[k], views[k + 4]) for k in range(4))  # users 4-7 overlap users 0-3
