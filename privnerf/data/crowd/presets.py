@@ -9,10 +9,12 @@ built-in scene (whose source is then 100 train views, so that 20 users get 5 pho
   Source: the lego test split's 200 views (10 per user; the paper used 100 views at 5 per user); evaluation:
   the 100 clean val views.
 * ``decentnerf-lego-20-random`` — the same crowd with the views dealt out at random (10 per user, from all
-  round the object): the authors' prototype's layout. Its data folders were named ``360view_IID_vertical_random``
-  and each client took 5 consecutive images, which in a randomly ordered capture is a random draw, not a
-  yaw slice (spec §6.1). Whether Table 1 was measured on this or on the 18-degree slices the text describes
-  is not known; this preset measures what the difference is worth.
+  round the object): the authors' prototype's layout. The prototype (``zaidtas/nerfw_pl_priv``,
+  ``datasets/utils_data_fl.py``) gives client k the k-th contiguous block of the NeRF-synthetic train split in
+  file order, and that file lists its views in random order (lego's first five: azimuths 91, 111, -154, -127,
+  41 degrees), so each client held 5 views from all round the object, not an 18-degree slice (spec §6.1).
+  Whether Table 1 was measured this way or on the slices the paper's text describes is not known; this
+  preset measures what the difference is worth.
 * ``decentnerf-ablation-8`` — Fig. 4: 8 users in four 90-degree slices; users 0-3 are heavily occluded
   (a 1.6x person close to the object, 7 transient people per photo), users 4-7 lightly occluded (a 0.8x
   person, 3 transient people) and photograph the same slices as users 0-3 (user k+4 shares user k's views).
