@@ -39,11 +39,12 @@ from privnerf.fed.local import load_dataset  # noqa: E402
 from privnerf.fed.run import run_federated, user_ids  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
-STUDIES = {"main": ("decentnerf-lego-20", ["learned", "fedavg", "fednerf", "centralized", "oracle"]),
-           "random": ("decentnerf-lego-20-random", ["learned", "fedavg", "fednerf", "centralized", "oracle"]),
+ALL = ["learned", "fedavg", "fednerf", "centralized", "oracle"]
+STUDIES = {"main": ("decentnerf-lego-20", ALL),
+           "random": ("decentnerf-lego-20-random", ALL),
            "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
            "users": ("leakage-users", ["learned"]),
-           "demo5": (None, ["learned", "fedavg", "fednerf", "centralized", "oracle"])}
+           "demo5": (None, ALL)}
 LEGO_RESULTS = {"main": "decentnerf-lego-20", "random": "decentnerf-lego-20-random",
                 "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users"}
 # demo5: the demo's crowd (built-in scene, 5 users in yaw slices, each with its own person): a quick check

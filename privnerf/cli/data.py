@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def run(argv: list[str]) -> int:
+    from privnerf.data.crowd.presets import PRESETS
+
     p = argparse.ArgumentParser(prog="privnerf data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -24,9 +26,8 @@ def run(argv: list[str]) -> int:
                        description="Write a crowd dataset: nerfstudio transforms.json (per-frame user_id, "
                                    "mask_path), the clean eval split, crowd.json and contact_sheet.png.")
     c.add_argument("--out", required=True, type=Path)
-    c.add_argument("--preset", default=None, help="decentnerf-lego-20, decentnerf-lego-20-random, decentnerf-ablation-8, "
-                                                  "leakage-users, "
-                                                  "leakage-overlap (studies with several datasets write DIR/<variant>/)")
+    c.add_argument("--preset", default=None, help=", ".join(PRESETS) + " (studies with several datasets write "
+                                                                        "DIR/<variant>/)")
     c.add_argument("--scene", default=None,
                    help="builtin[:opts], lego, a NeRF-synthetic folder with depth renders, or a nerfstudio dataset "
                         "with depth (default: builtin, or lego for a preset)")

@@ -30,7 +30,8 @@ from dataclasses import replace
 
 from privnerf.data.crowd.generate import CrowdConfig
 
-PRESETS = ("decentnerf-lego-20", "decentnerf-lego-20-random", "decentnerf-ablation-8", "leakage-users", "leakage-overlap")
+PRESETS = ("decentnerf-lego-20", "decentnerf-lego-20-random", "decentnerf-ablation-8", "leakage-users",
+           "leakage-overlap")
 BUILTIN_PRESET_SCENE = "builtin:n_train=100"
 
 
@@ -43,10 +44,11 @@ def preset_variants(name: str, scene: str | None = None, seed: int = 0) -> list[
     elif scene == "builtin":
         scene = BUILTIN_PRESET_SCENE
     base = CrowdConfig(scene=scene, seed=seed)
+    lego20 = replace(base, users=20, partition="yaw-slices", personal="both", transient_per_view=5)
     if name == "decentnerf-lego-20":
-        return [("", replace(base, users=20, partition="yaw-slices", personal="both", transient_per_view=5))]
-    if name == "decentnerf-lego-20-random":
-        return [("", replace(base, users=20, partition="random", personal="both", transient_per_view=5))]
+        return [("", lego20)]
+    if name == "decentnerf-lego-20-random":  # one definition, so the two layouts differ in the deal alone
+        return [("", replace(lego20, partition="random"))]
     if name == "decentnerf-ablation-8":
         slices = [(45.0 + 90.0 * (k % 4), 90.0) for k in range(8)]
         return [("", replace(base, users=8, slices=slices, personal="both", transient_per_view=5,
