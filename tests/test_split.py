@@ -84,10 +84,10 @@ def tapped_runs(cfg: SplitConfig, scenes, steps: int, seed: int, render: bool = 
     return taps
 
 
-@pytest.mark.parametrize("decoder,skip_empty", [("linear", True), ("full", True), ("relu", True), ("none", True),
-                                                 ("linear", False)])
-def test_undefended_cut_gradient_equals_centralized(decoder, skip_empty):
-    cfg = split_cfg(decoder=decoder)
+@pytest.mark.parametrize("decoder,skip_empty,key", [("linear", True, 0), ("full", True, 0), ("relu", True, 0),
+                                                     ("none", True, 0), ("linear", False, 0), ("full", True, 5)])
+def test_undefended_cut_gradient_equals_centralized(decoder, skip_empty, key):
+    cfg = split_cfg(decoder=decoder, key_cells=key)
     cfg.train.render.skip_empty = skip_empty  # (linear, off): a client may ask for uniform samples itself
     tcfg = cfg.train_config()
     scene = load_split(tcfg, "train")
@@ -103,10 +103,12 @@ def test_undefended_cut_gradient_equals_centralized(decoder, skip_empty):
 
     central.field.encode_space = keep
     server, client, tap = make_pair(cfg, scene)
-    central_head = {k: v for k, v in central.field.state_dict().items() if k.startswith(("rgb_net.", "feature_out."))}
+    central_head = {k: v for k, v in central.field.state_dict().items()
+                    if k.startswith(("rgb_net.", "feature_out.", "key."))}
     assert set(client.head.state_dict()) == set(central_head)
     for k, v in client.head.state_dict().items():
         assert torch.equal(v, central_head[k]), f"the client head must start as the centralized field's head ({k})"
+    assert (server.trainer.field.key is None) and (client.head.key is None) == (key == 0)  # the key is the client's
     for step in range(3):
         torch.manual_seed(100 + step)  # the same ray jitter on both sides
         central.step()
@@ -389,7 +391,7 @@ def test_split_run_scores_the_server_reading_its_own_grids(tmp_path):
     attack = run_split(cfg, quiet=True)["attack"]
     const = attack["constant_colour_psnr"]
     scored = {k: v for k, v in attack.items() if isinstance(v, dict) and "calibrated_psnr" in v}
-    assert set(scored) == {"geometry_only", "direction", "direction_colour", "replay"}
+    assert set(scored) == {"geometry_only", "direction", "direction_colour", "local_direction", "replay"}
     for name, v in scored.items():
         assert v["calibrated_psnr"] >= const - 1e-3, (name, v["calibrated_psnr"], const)
     direction = attack["direction"]

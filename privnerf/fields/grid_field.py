@@ -27,6 +27,7 @@ from torch import nn
 
 from privnerf.fields.base import RadianceField, SceneSpace
 from privnerf.fields.encoding import DenseGrid, positional_encoding, softplus_shift_for_alpha
+from privnerf.fields.keyed import KeyedRotation
 
 
 def resolution_for(aabb: torch.Tensor, num_voxels: int) -> tuple[int, int, int]:
@@ -75,6 +76,13 @@ class GridFieldConfig:
     cut_init_std: float = 1e-2
     """``relu`` decoder: standard deviation of the feature grid's initial values (all-zero features would sit
     at the ReLU's kink, where no gradient passes)."""
+    key_cells: int = 0
+    """``full`` decoder only: rotate the cut by a secret position-dependent rotation before decoding it
+    (:class:`~privnerf.fields.keyed.KeyedRotation`, angles on a ``key_cells``-per-axis lattice); 0 = off. A
+    client-held secret against the split attacks that read the server's grids (docs/split.md,
+    benchmarks/keyed_decoder.py); the split server then sends each sample's position with its activation."""
+    key_layers: int = 3
+    """Rounds of Givens rotations in the key (each over a random pairing of the channels)."""
 
 
 def make_rgb_net(cfg: GridFieldConfig) -> nn.Sequential:
@@ -107,6 +115,17 @@ def make_feature_out(cfg: GridFieldConfig) -> nn.Module | None:
     if cfg.decoder != "none":
         raise ValueError(f"unknown grid decoder {cfg.decoder!r} (none, linear, full, relu)")
     return None
+
+
+def make_key(cfg: GridFieldConfig, box: torch.Tensor | None) -> KeyedRotation | None:
+    """The client's secret rotation of the cut (``None`` unless ``key_cells``) over the working ``box`` (or one
+    placed later); drawn from the global generator after every other part of the head, so the head's other
+    weights do not depend on whether it has a key."""
+    if cfg.key_cells <= 0:
+        return None
+    if cfg.decoder != "full":
+        raise ValueError("--field.grid.key-cells needs --field.grid.decoder full (the key rotates the density too)")
+    return KeyedRotation(1 + cfg.feature_dim, cfg.key_cells, box, cfg.key_layers)
 
 
 def decode_cut(h: torch.Tensor, shift: float, feature_out: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +170,7 @@ class GridField(RadianceField):
             # drawn last, so the heads above keep their seeded initialisation
             with torch.no_grad():
                 self.feature_grid.data.normal_(0.0, cfg.cut_init_std)
+        self.key = make_key(cfg, box)
         self.register_buffer("grow_count", torch.zeros((), dtype=torch.long))
 
     def grids(self) -> list[DenseGrid]:
@@ -169,7 +189,7 @@ class GridField(RadianceField):
 
     def density_space(self, xs: torch.Tensor) -> torch.Tensor:
         if not self.density_is_grid:
-            return decode_cut(self.encode_space(xs), self.shift, self.feature_out)[0] * self._inside(xs)
+            return self.decode(self.encode_space(xs), xs)[0] * self._inside(xs)
         raw = self.density_grid(xs)[:, 0]
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return nn.functional.softplus(raw + self.shift) * self._inside(xs)
@@ -188,9 +208,16 @@ class GridField(RadianceField):
             feat = self.feature_in(feat)
         return torch.cat([self.density_grid(xs), feat], dim=-1)
 
+    def decode(self, h: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client part: cut activation ``h`` at working-box points ``xs`` → density and values
+        (:func:`decode_cut`, after the key's rotation when the field has one)."""
+        if self.key is not None:
+            h = self.key(h, xs)
+        return decode_cut(h, self.shift, self.feature_out)
+
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = self.space(x)
-        sigma, values = decode_cut(self.encode_space(xs), self.shift, self.feature_out)
+        sigma, values = self.decode(self.encode_space(xs), xs)
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return sigma * self._inside(xs), values
 

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from privnerf.split.cut import ClientHead, render_activations
 from privnerf.train.checkpoint import atomic_torch_save
@@ -340,7 +341,8 @@ def attack_factory(cfg: AttackConfig, resume: bool = False):
 # -- the attacker's renders --------------------------------------------------------------------------
 @torch.no_grad()
 def server_activations(trainer, origins: torch.Tensor, dirs: torch.Tensor, inference: bool = True):
-    """The server's own cut activation for arbitrary rays (it can compute these for any pose)."""
+    """The server's own cut activation for arbitrary rays (it can compute these for any pose): ``h (m, C)``, the
+    packed samples and their working-box positions ``xs (m, 3)`` (which a keyed head needs)."""
     from privnerf.render.renderer import select_samples
 
     field = trainer.field
@@ -348,7 +350,7 @@ def server_activations(trainer, origins: torch.Tensor, dirs: torch.Tensor, infer
     xs = field.space(origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx])
     inside = field._inside(xs)
     s, xs = s.select(inside), xs[inside]
-    return field.encode_space(xs), s
+    return field.encode_space(xs), s, xs
 
 
 @torch.no_grad()
@@ -357,9 +359,9 @@ def _render_head(trainer, head, shift: float, c2w, intrinsics, h: int, w: int, k
     from privnerf.render.renderer import render_image_rays
 
     def rays(o: torch.Tensor, d: torch.Tensor) -> dict[str, torch.Tensor]:
-        hh, s = server_activations(trainer, o.to(trainer.device), d.to(trainer.device))
+        hh, s, xs = server_activations(trainer, o.to(trainer.device), d.to(trainer.device))
         s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
-        out = render_activations(head, shift, hh.cpu(), s, d.cpu(), trainer.background.cpu())
+        out = render_activations(head, shift, hh.cpu(), s, d.cpu(), trainer.background.cpu(), xs.cpu())
         return {k: out[k] for k in keys}
 
     return render_image_rays(rays, c2w, intrinsics, h, w, "cpu", chunk)
@@ -430,7 +432,7 @@ def direction_head(grid_cfg, directions: torch.Tensor, density: int = 0, colour:
     directions in false colour; no view-dependent residual."""
     from privnerf.fields.grid_field import FullDecoder
 
-    head = ClientHead(grid_cfg)
+    head = ClientHead(replace(grid_cfg, key_cells=0))  # the attacker does not know a client's key
     if not isinstance(head.feature_out, FullDecoder):
         raise ValueError("the principal-direction attack targets --decoder full (the server holds density "
                          "otherwise)")
@@ -448,9 +450,67 @@ def direction_head(grid_cfg, directions: torch.Tensor, density: int = 0, colour:
     return head
 
 
+LOCAL_MIN_VOXELS = 64
+"""Moved voxels a block needs for a principal direction of its own (13 channels)."""
+
+
+class LocalDirections(nn.Module):
+    """A key-shaped read-out for :class:`ClientHead`: ``h -> [<u_b(x), h>, 0, ...]``, ``u_b`` the direction of the
+    block ``b`` of a ``B``-per-axis partition of the working box that ``x`` falls in."""
+
+    def __init__(self, directions: torch.Tensor, box: torch.Tensor):
+        super().__init__()
+        self.register_buffer("directions", directions)  # (B, B, B, C)
+        self.register_buffer("box", box.clone())
+
+    def forward(self, h: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        b = self.directions.shape[0]
+        idx = ((xs - self.box[0]) / (self.box[1] - self.box[0]) * b).long().clamp(0, b - 1)
+        u = self.directions[idx[:, 0], idx[:, 1], idx[:, 2]]
+        out = torch.zeros_like(h)
+        out[:, 0] = (u * h).sum(-1)
+        return out
+
+
+def local_direction_head(grid_cfg, field, blocks: int, global_dirs: torch.Tensor) -> ClientHead:
+    """The principal-direction attack done per block (an attacker who knows the client's decoder may vary
+    slowly through space, as a client key does): each block's first principal direction of its moved voxels,
+    signed by the same median rule as :func:`grid_directions`, read as density and rendered grey; blocks with
+    fewer than :data:`LOCAL_MIN_VOXELS` moved voxels take ``global_dirs[0]``."""
+    g = field.density_grid
+    res = g.data.shape[:3]
+    axes = [torch.linspace(float(g.aabb[0, k]), float(g.aabb[1, k]), res[k]) for k in range(3)]
+    pos = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    v = torch.cat([g.data.detach().reshape(-1, 1),
+                   field.feature_grid.data.detach().reshape(-1, field.feature_grid.data.shape[-1])], 1)
+    moved = v.abs().sum(1) > 0
+    v, pos = v[moved].double(), pos[moved]
+    box = field.space.box.cpu()
+    idx = ((pos - box[0]) / (box[1] - box[0]) * blocks).long().clamp(0, blocks - 1)
+    flat = (idx[:, 0] * blocks + idx[:, 1]) * blocks + idx[:, 2]
+    dirs = global_dirs[0].double().repeat(blocks**3, 1)
+    for b in torch.unique(flat).tolist():
+        vb = v[flat == b]
+        if len(vb) < LOCAL_MIN_VOXELS:
+            continue
+        u = torch.linalg.svd(vb, full_matrices=False)[2][0]
+        dirs[b] = -u if float((vb @ u).median()) > 0 else u
+    head = direction_head(grid_cfg, torch.eye(v.shape[1]), 0)  # density = channel 0 of the read-out
+    head.key = LocalDirections(dirs.float().reshape(blocks, blocks, blocks, -1), box)
+    return head
+
+
 def finetune_on_leaked(attack: SurrogateModelAttack, trainer, leaked, cfg: AttackConfig, quiet: bool = True) -> list[float]:
     """SA-SMA: fine-tune the surrogate head on ``leaked`` (a Scene of leaked images at known poses), with the
     server's grids frozen. Returns the loss per step."""
+    return finetune_head(attack.head, attack.shift, attack.background, trainer, leaked, cfg, quiet)
+
+
+def finetune_head(head: ClientHead, shift: float, background: torch.Tensor, trainer, leaked, cfg: AttackConfig,
+                  quiet: bool = True) -> list[float]:
+    """Fit ``head`` (every trainable parameter it has, a keyed head's angles included once made trainable) to
+    the ``leaked`` photos over the server's frozen grids: ``cfg.finetune_steps`` Adam steps, lr
+    ``cfg.finetune_lr`` decaying to a tenth. Returns the loss per step."""
     from tqdm.auto import tqdm
 
     from privnerf.train.rays import PixelSampler
@@ -459,23 +519,23 @@ def finetune_on_leaked(attack: SurrogateModelAttack, trainer, leaked, cfg: Attac
         return []
     pixels = PixelSampler(leaked, torch.device("cpu"))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    opt = torch.optim.Adam(attack.head.parameters(), lr=cfg.finetune_lr, betas=(0.9, 0.99), eps=1e-15)
+    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=cfg.finetune_lr,
+                           betas=(0.9, 0.99), eps=1e-15)
     losses = []
     n = trainer.cfg.optim.batch_rays
     for t in tqdm(range(cfg.finetune_steps), desc="SA-SMA fine-tune", disable=quiet, leave=False):
         o, d, target = pixels.sample(n, gen)
-        hh, s = server_activations(trainer, o.to(trainer.device), d.to(trainer.device), inference=False)
+        hh, s, xs = server_activations(trainer, o.to(trainer.device), d.to(trainer.device), inference=False)
         s = type(s)(s.ray_idx.cpu(), s.t.cpu(), s.delta.cpu())
         with torch.enable_grad():
-            out = render_activations(attack.head, attack.shift, hh.cpu(), s, d.cpu(),
-                                     attack.background)
+            out = render_activations(head, shift, hh.cpu(), s, d.cpu(), background, xs.cpu())
             loss = torch.mean((out["rgb"] - target) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         for g in opt.param_groups:
             g["lr"] = cfg.finetune_lr * 0.1 ** (t / max(cfg.finetune_steps, 1))
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

@@ -116,6 +116,11 @@ class SplitClient:
                                  "hw": [list(rs.hw(i)) for i in range(rs.num_views)]}
         _, meta, _ = self._exchange("setup", {"config": cfg, "cameras": cameras, "resume": bool(resume)})
         self.shift = float(meta["shift"])
+        if self.head.key is not None:  # the key is a function of position in the field's working box
+            box = np.asarray(meta["box"], dtype=np.float64)
+            if box.shape != (2, 3) or not np.isfinite(box).all() or not (box[1] > box[0]).all():
+                raise ServerRefused(f"split server sent a malformed working box {meta['box']!r}")
+            self.head.key.place(torch.tensor(box, dtype=torch.float32))
         if resume:
             self.load_state()
             if int(meta["step"]) != self.step_count:
@@ -136,10 +141,10 @@ class SplitClient:
         img, u, v = self.pixels.locate(flat)
         _, meta, arrays = self._exchange("forward", {"elapsed": self.train_time, "train": 1}, {
             "view": img.numpy().astype(np.int32), "u": u.numpy().astype(np.int32), "v": v.numpy().astype(np.int32)})
-        h, s, dirs = unpack_activations(arrays, self.device)
+        h, s, dirs, xs = unpack_activations(arrays, self.device)
         h.requires_grad_(True)
         target = self.pixels.rgb[flat].to(self.device)
-        out = render_activations(self.head, self.shift, h, s, dirs, self.background)
+        out = render_activations(self.head, self.shift, h, s, dirs, self.background, xs)
         loss = torch.mean((out["rgb"] - target) ** 2)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -229,8 +234,8 @@ class SplitClient:
             view = torch.full_like(u, index)
             _, _, arrays = self._exchange("forward", {"elapsed": self.train_time, "train": 0}, {
                 "view": view.numpy().astype(np.int32), "u": u.numpy().astype(np.int32), "v": v.numpy().astype(np.int32)})
-            hh, s, dirs = unpack_activations(arrays, self.device)
-            rgb.append(render_activations(self.head, self.shift, hh, s, dirs, self.background)["rgb"])
+            hh, s, dirs, xs = unpack_activations(arrays, self.device)
+            rgb.append(render_activations(self.head, self.shift, hh, s, dirs, self.background, xs)["rgb"])
         return torch.cat(rgb).reshape(h, w, 3).clamp(0, 1).numpy()
 
     def evaluate(self, max_images: int | None = None, out_dir: Path | None = None, quiet: bool = False,

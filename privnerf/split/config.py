@@ -42,6 +42,11 @@ class SplitConfig:
     the paper's shape), or none (fixed activations: the server can render the scene itself and no gradient
     defense can hide it)."""
     cut_width: int = 32
+    key_cells: int = 0
+    """With --decoder full: the client rotates the cut by a secret, slowly varying, position-dependent rotation
+    before decoding it (privnerf.fields.keyed; angles on a key_cells-per-axis lattice; 0 = off). The server
+    then sends each sample's position. Against the attacks that read the server's grids (principal
+    direction, SA-SMA) a single decoder for all of space gives the scene away; see docs/split.md."""
     private_head: bool = True
     """Initialise the client's head from a secret seed instead of the announced one (split training then no
     longer equals centralized training step for step, and the replay attack has no head to replay)."""
@@ -74,6 +79,7 @@ class SplitConfig:
         t.field.kind = "grid"
         t.field.grid.decoder = self.decoder
         t.field.grid.cut_width = self.cut_width
+        t.field.grid.key_cells = self.key_cells
         if self.decoder == "full":  # the server cannot evaluate the density (it would refuse to skip anyway)
             t.render.skip_empty = False
         t.personal.enabled = False

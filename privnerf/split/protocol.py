@@ -18,9 +18,11 @@ Client → server (the client holds the images, the head and the loss):
 Server → client:
 
 * ``setup_ok``: what the client needs to pair its head with the server part: cut channels, density shift,
-  and the step the server is at (0, or the resumed step).
+  the step the server is at (0, or the resumed step) and the field's working ``box`` (2 x 3).
 * ``activations``: ``h (m, C)`` float32 cut activation per shaded sample, the sample packing ``ray (m,)``
-  int32, ``t (m,)``, ``delta (m,)`` float32 and the unit ray directions ``dirs (n, 3)`` float32.
+  int32, ``t (m,)``, ``delta (m,)`` float32, the unit ray directions ``dirs (n, 3)`` float32 and the samples'
+  working-box positions ``xs`` float32: ``(m, 3)`` when the client's head is keyed
+  (``--field.grid.key-cells``: it decodes by position), else ``(0, 3)``. All of it is the server's own.
 * ``ack``: ``step`` after a backward or checkpoint.
 * ``error``: ``message`` (a refused request; the connection stays usable).
 
@@ -45,10 +47,10 @@ DEFAULT_MAX_BYTES = 1 << 30
 # kind -> (meta keys, {array name: (dtype, ndim)})
 SCHEMA: dict[str, tuple[set[str], dict[str, tuple[str, int]]]] = {
     "setup": ({"config", "cameras", "resume"}, {}),
-    "setup_ok": ({"cut_channels", "shift", "step"}, {}),
+    "setup_ok": ({"cut_channels", "shift", "step", "box"}, {}),
     "forward": ({"elapsed", "train"}, {"view": ("int32", 1), "u": ("int32", 1), "v": ("int32", 1)}),
     "activations": ({"step"}, {"h": ("float32", 2), "ray": ("int32", 1), "t": ("float32", 1),
-                               "delta": ("float32", 1), "dirs": ("float32", 2)}),
+                               "delta": ("float32", 1), "dirs": ("float32", 2), "xs": ("float32", 2)}),
     "backward": ({"step"}, {"grad": ("float32", 2)}),
     "checkpoint": ({"step"}, {}),
     "ack": ({"step"}, {}),

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,11 @@ from privnerf.privacy.split_attack import (
     colour_calibrated_psnr,
     constant_colour_psnr,
     direction_head,
+    finetune_head,
     finetune_on_leaked,
     orient_by_depth,
     grid_directions,
+    local_direction_head,
     make_attacks,
     psnr_over,
     render_with_head,
@@ -165,6 +167,8 @@ def load_attacks(run_dir: Path, cfg: AttackConfig | None = None):
 UNINFORMED_HEADS = 3
 UNINFORMED_SEED = 7_000_000
 """Seeds of the guessed heads behind "geometry only" (fixed, so runs compare; no client draws these)."""
+LOCAL_BLOCKS = (4, 8)
+"""Partitions (blocks per axis) of the local principal-direction attack."""
 DIRECTIONS_SCORED = 3
 """Principal directions of the server's grids the direction attack renders as density (the first is its pick)."""
 
@@ -248,6 +252,21 @@ def evaluate_attack(run_dir: Path, leaked: int = 0, quiet: bool = False, test_sc
                             "depth_rule_stops": [stop_kept, stop_other],
                             "singular_values": [float(x) for x in singular]}
         out["direction_colour"] = score(direction_head(grid_cfg, directions, 0, colour=True), "direction-0-colour")
+        # the same per block of the box: what a key that varies slowly through space leaves to a local analysis
+        local = {b: score(local_direction_head(grid_cfg, trainer.field, b, directions), f"local-direction-{b}")
+                 for b in LOCAL_BLOCKS}
+        best = max(local, key=lambda b: local[b]["psnr"])
+        out["local_direction"] = {**local[best], "blocks": best,
+                                  "psnr_per_blocks": {str(b): v["psnr"] for b, v in local.items()}}
+    key_cells = int(cfg.get("key_cells", 0))
+    if leaked_scene is not None and key_cells:
+        # The client's head is keyed: the attacker, knowing the architecture, fits a keyed head of its own (its
+        # key's angles trained with the rest) to the leaked photos; its online attacks' heads are key-less.
+        torch.manual_seed(UNINFORMED_SEED + 100)
+        keyed = ClientHead(replace(trainer.cfg.field.grid, key_cells=key_cells), trainer.field.space.box)
+        keyed.key.make_trainable()
+        losses = finetune_head(keyed, shift, trainer.background.cpu(), trainer, leaked_scene, acfg, quiet)
+        out["sa_sma_keyed"] = {**score(keyed, "sa-sma-keyed"), "finetune_final_loss": losses[-1]}
     for attack in attacks:
         row: dict[str, Any] = {"attack_steps": attack.steps}
         if leaked_scene is not None:

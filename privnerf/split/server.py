@@ -86,6 +86,8 @@ class SplitServer:
         self.trainer: Trainer | None = None
         self.render_cameras: dict[str, np.ndarray] | None = None
         self._pending: tuple[torch.Tensor, Samples, torch.Tensor, tuple] | None = None
+        self.send_positions = False
+        """Whether activations carry the samples' positions (the client's head is keyed)."""
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -124,6 +126,10 @@ class SplitServer:
             # the density is the client's secret: the server cannot tell empty space from content
             log.info("the client decodes density (--decoder full): no empty-space skipping on the server")
             cfg.render.skip_empty = False
+        # A keyed client decodes by position: it needs each sample's position; the key itself is the client's
+        # (the server's field holds none).
+        self.send_positions = cfg.field.grid.key_cells > 0
+        cfg.field.grid.key_cells = 0
         cfg.device = self.device
         cfg.threads = self.threads or cfg.threads
         set_threads(cfg.threads)
@@ -139,7 +145,7 @@ class SplitServer:
         field = self.trainer.field
         assert isinstance(field, GridField)
         return encode("setup_ok", {"cut_channels": field.cut_channels, "shift": float(field.shift),
-                                   "step": self.trainer.step_count})
+                                   "step": self.trainer.step_count, "box": field.space.box.cpu().tolist()})
 
     def _require_setup(self) -> Trainer:
         if self.trainer is None:
@@ -165,8 +171,10 @@ class SplitServer:
                                    torch.from_numpy(u.astype(np.int64)), torch.from_numpy(v.astype(np.int64)))
         return o.to(tr.device), d.to(tr.device)
 
-    def cut_forward(self, origins: torch.Tensor, dirs: torch.Tensor, train: bool) -> tuple[torch.Tensor, Samples]:
-        """March, cull, and evaluate the grids: ``h (m, C)`` (with graph when ``train``) and the samples."""
+    def cut_forward(self, origins: torch.Tensor, dirs: torch.Tensor, train: bool
+                    ) -> tuple[torch.Tensor, Samples, torch.Tensor]:
+        """March, cull, and evaluate the grids: ``h (m, C)`` (with graph when ``train``), the samples and their
+        working-box positions ``(m, 3)``."""
         tr = self._require_setup()
         field = tr.field
         settings = tr.settings(inference=not train)
@@ -177,7 +185,7 @@ class SplitServer:
             if not bool(inside.all()):  # zero density there: such samples add nothing to any ray
                 s, xs = s.select(inside), xs[inside]
             h = field.encode_space(xs)
-        return h, s
+        return h, s, xs.detach()
 
     def _on_forward(self, meta: dict[str, Any], arrays) -> bytes:
         tr = self._require_setup()
@@ -190,7 +198,7 @@ class SplitServer:
             tr.maintenance()
         view, u, v = arrays["view"], arrays["u"], arrays["v"]
         o, d = self._rays(view, u, v, train)
-        h, s = self.cut_forward(o, d, train)
+        h, s, xs = self.cut_forward(o, d, train)
         if train:
             self._pending = (h, s, d, (view, u, v))
         return encode("activations", {"step": tr.step_count}, {
@@ -199,6 +207,7 @@ class SplitServer:
             "t": np.asarray(s.t.cpu().numpy(), dtype=np.float32),
             "delta": np.asarray(s.delta.cpu().numpy(), dtype=np.float32),
             "dirs": np.asarray(d.cpu().numpy(), dtype=np.float32),
+            "xs": np.asarray(xs.cpu().numpy() if self.send_positions else np.zeros((0, 3)), dtype=np.float32),
         })
 
     def _on_backward(self, meta: dict[str, Any], arrays) -> bytes:
