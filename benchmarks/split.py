@@ -74,12 +74,20 @@ GRID = [
     ("full-private-gaussian-c0.1-rerun", "gaussian", 0.1, 1.0, {"decoder": "full", "private_head": True}),
     ("full-private-prune-0.9-rerun", "prune", 0.0, 1.0,
      {"decoder": "full", "private_head": True, "prune_ratio": 0.9}),
+    # the client also keys its decoder by position (--key-cells 9: a secret rotation field over the box), so
+    # one map no longer decodes the grids everywhere (docs/split.md, benchmarks/keyed_decoder.py)
+    ("full-private-key9-none", "none", 0.0, 1.0, {"decoder": "full", "private_head": True, "key_cells": 9}),
+    ("full-private-key9-s2nerf-c0.1-r1", "s2nerf", 0.1, 1.0,
+     {"decoder": "full", "private_head": True, "key_cells": 9}),
+    ("full-private-key17-s2nerf-c0.1-r1", "s2nerf", 0.1, 1.0,
+     {"decoder": "full", "private_head": True, "key_cells": 17}),
 ]
 SHORT = ["none", "s2nerf-c0.1-r1", "full-private-none", "full-private-s2nerf-c0.1-r1"]
 """The measured set (BENCHMARKS.md). Runs with c >= 1 take several times longer: early noise becomes density."""
 WITH_SMA = {"none", "s2nerf-c0.1-r1", "none-private-head", "full-private-none", "full-private-s2nerf-c0.1-r1",
             "full-private-s2nerf-c1-r0.01", "full-private-s2nerf-c0.1-r1-rerun",
-            "full-private-none-rerun"}
+            "full-private-none-rerun", "full-private-key9-none", "full-private-key9-s2nerf-c0.1-r1",
+            "full-private-key17-s2nerf-c0.1-r1"}
 """The SMA costs ~0.2 s a step on lego and recovers little (see BENCHMARKS.md); the other runs carry the replay
 attack only."""
 
@@ -152,8 +160,8 @@ def strongest_attack(row: dict, key: str = "psnr", leaked: int = 0) -> float | N
 
 def plot(result: dict, path: Path) -> None:
     """Utility against the strongest attacker, one curve per defense from the undefended point of its posture
-    (filled: full decoder + private head, the default posture; hollow: the linear decoder with the announced
-    seed). Full-decoder runs scored before the principal-direction attack existed are drawn faint and left off
+    (filled circles: full decoder + private head, the default posture; diamonds: the same with a client key;
+    hollow squares: the linear decoder with the announced seed). Full-decoder runs scored before the principal-direction attack existed are drawn faint and left off
     the curves (their "strongest" misses it); a star above a run is SA-SMA with one leaked photo."""
     import matplotlib
 
@@ -165,10 +173,16 @@ def plot(result: dict, path: Path) -> None:
     colours = {"none": "k", "s2nerf": "tab:blue", "s2nerf-light": "tab:cyan", "gaussian": "tab:orange",
                "prune": "tab:green"}
     sa_labelled = faint_labelled = False
-    for prefix, filled in (("full-private-", True), ("", False)):
-        rows = {t: r for t, r in runs.items()
-                if t.startswith("full-private-") == filled and strongest_attack(r) is not None}
-        # the default posture's curves run through the runs every attack scored (the principal direction
+    # postures, most specific prefix first; a run belongs to the first whose prefix it has
+    postures = [("full-private-key", "D", True, "full decoder + private head + client key"),
+                ("full-private-", "o", True, "full decoder + private head"), ("", "s", False, "linear, announced seed")]
+
+    def posture_of(tag: str) -> str:
+        return next(p for p, *_ in postures if tag.startswith(p))
+
+    for prefix, marker, filled, posture in postures:
+        rows = {t: r for t, r in runs.items() if posture_of(t) == prefix and strongest_attack(r) is not None}
+        # the full decoder's curves run through the runs every attack scored (the principal direction
         # needs the full decoder, so the linear posture's curves keep all their runs)
         scored = {t: r for t, r in rows.items() if not filled or "direction" in r.get("attack", {})}
         base = scored.get(f"{prefix}none-rerun") or scored.get(f"{prefix}none")
@@ -176,7 +190,7 @@ def plot(result: dict, path: Path) -> None:
             d = r["defense"]["name"]
             y = strongest_attack(r)
             faint = tag not in scored
-            ax.scatter(r["psnr"], y, s=18 if faint else 40, marker="o" if filled else "s",
+            ax.scatter(r["psnr"], y, s=18 if faint else 40, marker=marker,
                        edgecolors=colours.get(d, "gray"), alpha=0.35 if faint else 1.0,
                        facecolors=colours.get(d, "gray") if filled else "none", zorder=3,
                        label="scored before the direction attack (faint)" if faint and not faint_labelled else None)
@@ -194,8 +208,7 @@ def plot(result: dict, path: Path) -> None:
                           if r["defense"]["name"] == d and d != "none"], reverse=True)
             if pts and base is not None:  # the defense's curve starts at its posture's undefended run (c = 0)
                 pts = [(base["psnr"], strongest_attack(base))] + pts
-                ax.plot(*zip(*pts), c=colours[d], lw=1, ls="-" if filled else ":",
-                        label=f"{d} ({'full decoder + private head' if filled else 'linear, announced seed'})")
+                ax.plot(*zip(*pts), c=colours[d], lw=1, ls="-" if filled else ":", label=f"{d} ({posture})")
     any_run = next(iter(runs.values()))
     ax.axhline(any_run["constant_colour_psnr"], ls=":", c="gray", label="constant colour")
     ax.axhline(any_run["constant_colour_psnr"] + 1, ls="--", c="gray", lw=0.8, label="constant colour + 1 dB")

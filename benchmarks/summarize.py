@@ -256,7 +256,7 @@ def split_tables() -> list[str]:
         if r["split"]:
             out += head(f"{path.stem}: split training per defense, attacked online",
                         ["run", "utility PSNR", "SSIM", "replay attacker", "SMA attacker",
-                         "principal direction (grey / false colour)", "geometry only",
+                         "principal direction (grey / false colour; per block)", "geometry only",
                          "constant colour", "strongest, colour-calibrated", "replay: training pixels PSNR",
                          "MB up / down per step", "train s", "commit"])
         for tag, row in r["split"].items():
@@ -269,6 +269,8 @@ def split_tables() -> list[str]:
                 note += [f"depth rule: {'same' if rule > 0 else 'other'}"] if rule is not None else []
                 direction = (fmt(a["direction"]["psnr"]) + (f" ({'; '.join(note)})" if note else "")
                              + f" / {fmt(a['direction_colour']['psnr'])}")
+                if "local_direction" in a:
+                    direction += f"; {fmt(a['local_direction']['psnr'])} ({a['local_direction']['blocks']}^3 blocks)"
             out.append(f"| {tag} | {fmt(row['psnr'])} | {fmt(row['ssim'], 3)} | {fmt(rp.get('psnr'))} | "
                        f"{fmt(sm.get('psnr'))} | {direction} | {fmt(g.get('psnr'))} | {fmt(row['constant_colour_psnr'])} | "
                        f"{fmt(strongest_attack(row, 'calibrated_psnr'))} | {fmt(rp.get('train_pixels_psnr'))} | {row['bytes_up_per_step'] / 1e6:.1f} / "
@@ -280,12 +282,13 @@ def split_tables() -> list[str]:
         if sa:
             out += head(f"{path.stem}: SA-SMA, the attack heads fine-tuned on leaked training photos (server grids "
                         "frozen)", ["run", "leaked photos", "utility PSNR", "SMA + photos", "replay + photos",
-                                    "calibrated (best)", "constant colour", "commit"])
+                                    "keyed head + photos", "calibrated (best)", "constant colour", "commit"])
             for tag, n, row, at in sa:
                 best = max((v["calibrated_psnr"] for v in sa_sma_heads(at).values() if "calibrated_psnr" in v),
                            default=None)
                 out.append(f"| {tag} | {n} | {fmt(row['psnr'])} | {fmt(at.get('sma', {}).get('psnr'))} | "
-                           f"{fmt(at.get('replay', {}).get('psnr'))} | {fmt(best)} | {fmt(row['constant_colour_psnr'])} | "
+                           f"{fmt(at.get('replay', {}).get('psnr'))} | {fmt(at.get('sa_sma_keyed', {}).get('psnr'))} | "
+                           f"{fmt(best)} | {fmt(row['constant_colour_psnr'])} | "
                            f"{ref({'provenance': at['provenance']})} |")
             out.append("")
         if commands:
@@ -298,6 +301,30 @@ def split_tables() -> list[str]:
                 out.append(f"| {k} | {1000 * row['s_per_step']:.0f} | {row['bytes_up_per_step'] / 1e6:.1f} | "
                            f"{row['bytes_down_per_step'] / 1e6:.1f} |")
             out.append("")
+    return out
+
+
+def keyed_tables() -> list[str]:
+    """benchmarks/keyed_decoder.py: central full-decoder training with and without a client key, every attack
+    that reads the server's grids (no gradient attack, no noise)."""
+    out = []
+    cols = ["client_head", "direction", "local-direction-4", "local-direction-8", "stolen-head", "sa-sma",
+            "sa-sma-keyless", "sa-sma-long", "sa-sma-long-keyless"]
+    for path in sorted(RESULTS.glob("keyed-decoder-*.json")):
+        r = json.loads(path.read_text())
+        out += head(f"{path.stem} (the grids an undefended split server holds, central training; {r['rows'][0]['utility']['steps']} "
+                    "steps; PSNR on the test views, colour-calibrated in brackets)",
+                    ["key cells", "utility", "train s"] + cols + ["constant colour", "commit"])
+        notes: dict[str, int] = {}
+        for row in r["rows"]:
+            p = row.get("provenance", {"commit": r["commit"], "command": r["command"]})
+            n = notes.setdefault(f"`{p['command']}` ({p.get('finished', r.get('finished'))}"
+                                 + (f"; {p['note']}" if p.get("note") else "") + ")", len(notes) + 1)
+            cells = [f"{fmt(row[c]['psnr'])} ({fmt(row[c].get('calibrated_psnr'))})" if c in row else "–" for c in cols]
+            out.append(f"| {row['key_cells']} | {fmt(row['utility']['psnr'])} | {row['utility']['train_time_s']:.0f} | "
+                       + " | ".join(cells) + f" | {fmt(row['constant_colour_psnr'])} | {p['commit']} [{n}] |")
+        out.append("")
+        out += [f"- [{n}] {text}" for text, n in notes.items()] + [""]
     return out
 
 
@@ -346,7 +373,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + gpu_table() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables()))
+    print("\n".join(engine_tables() + gpu_table() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables() + keyed_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")
