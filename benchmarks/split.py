@@ -186,6 +186,8 @@ def plot(result: dict, path: Path) -> None:
         # needs the full decoder, so the linear posture's curves keep all their runs)
         scored = {t: r for t, r in rows.items() if not filled or "direction" in r.get("attack", {})}
         base = scored.get(f"{prefix}none-rerun") or scored.get(f"{prefix}none")
+        # a posture without an undefended run has no curve: name its marker in the legend instead
+        posture_labelled = base is not None
         for tag, r in rows.items():
             d = r["defense"]["name"]
             y = strongest_attack(r)
@@ -193,8 +195,10 @@ def plot(result: dict, path: Path) -> None:
             ax.scatter(r["psnr"], y, s=18 if faint else 40, marker=marker,
                        edgecolors=colours.get(d, "gray"), alpha=0.35 if faint else 1.0,
                        facecolors=colours.get(d, "gray") if filled else "none", zorder=3,
-                       label="scored before the direction attack (faint)" if faint and not faint_labelled else None)
+                       label="scored before the direction attack (faint)" if faint and not faint_labelled
+                       else None if posture_labelled or faint else posture)
             faint_labelled |= faint
+            posture_labelled |= not faint
             ax.annotate(tag.removeprefix("full-private-"), (r["psnr"], y), fontsize=6, xytext=(3, 3),
                         textcoords="offset points", alpha=0.5 if faint else 1.0)
             y1 = strongest_attack(r, leaked=1)
