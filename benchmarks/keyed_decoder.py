@@ -3,10 +3,11 @@
 docs/split.md argues that no defense on the cut gradients can stop SA-SMA or the principal-direction attack
 while the client's decoder is one linear map for all of space: the server's grids are the scene up to that
 map. This measures the next candidate, a secret position-dependent rotation of the cut before the client's
-decoder (:class:`privnerf.fields.keyed.KeyedRotation`, ``--field.grid.key-cells``), without the split
-protocol, which does not carry sample positions yet: undefended split training *is* centralized training of
-the same field (tested), so the server of a keyed split run would hold exactly the grids this trains
-centrally, and every attack here reads only those grids (plus leaked photos for SA-SMA).
+decoder (:class:`privnerf.fields.keyed.KeyedRotation`, ``--key-cells``), without the split protocol's
+cost: undefended split training *is* centralized training of the same field (tested, with a key too), so
+the server of a keyed split run holds exactly the grids this trains centrally, and every attack here reads
+only those grids (plus leaked photos for SA-SMA). ``benchmarks/split.py`` measures the keyed split runs with
+noise and the online attacks.
 
 For each key setting (0 = the split default's unkeyed full decoder), on the same data, seed and steps:
 
@@ -23,7 +24,9 @@ For each key setting (0 = the split default's unkeyed full decoder), on the same
 * the constant colour (the issue's bar is constant + 1 dB).
 
 Usage: ``python benchmarks/keyed_decoder.py --scene lego --steps 500 --keys 0 9`` →
-``benchmarks/results/keyed-decoder-<scene>.json`` and ``keyed-decoder-<scene>.png`` (renders).
+``benchmarks/results/keyed-decoder-<scene>.json`` (rows merged by key size: a later run replaces the rows of
+the key sizes it measured and keeps the others, each row with its own command and commit) and
+``keyed-decoder-<scene>-key<K1>-<K2>...png`` (renders of the keys measured).
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ def run_key(data: str, steps: int, views: int, key_cells: int, rays: int, out: P
                             if k.split(".")[0] in ("rgb_net", "feature_out", "key")})
     row["client_head"] = score(client, "client")  # the field's own render through the attack's renderer
     dirs, _ = grid_directions(field)
-    both = [score(direction_head(grid_cfg, s * dirs, 0), f"direction{'' if s > 0 else '-other'}") for s in (1, -1)]
-    row["direction"] = max(both, key=lambda r: r["psnr"])
+    both = {s: score(direction_head(grid_cfg, s * dirs, 0), f"direction{'' if s > 0 else '-other'}") for s in (1, -1)}
+    sign = max(both, key=lambda s: both[s]["psnr"])
+    row["direction"] = {**both[sign], "sign": sign}
     for b in blocks:
         row[f"local-direction-{b}"] = score(local_direction_head(grid_cfg, field, b, dirs), f"local-direction-{b}")
     if key_cells:
@@ -143,8 +147,8 @@ def figure(rows: list[dict], path: Path) -> None:
             if tag.startswith("sa-sma"):
                 best = row.get(tag)
                 keys = [f"{tag}-{best['seed'] - 5000}"] if best else []
-            if tag == "direction":
-                keys = ["direction" if row["direction"]["psnr"] == row_score(row, "direction") else "direction-other"]
+            if tag == "direction":  # the render of the sign that scored
+                keys = ["direction" if row["direction"].get("sign", 1) > 0 else "direction-other"]
             if not keys or keys[0] not in row["_renders"]:
                 ax.axis("off")
                 continue
@@ -175,8 +179,9 @@ def main() -> int:
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args()
-    if a.steps < 1 or a.views < 1 or a.leaked < 1 or a.restarts < 1 or any(k < 0 or k == 1 for k in a.keys):
-        p.error("--steps, --views, --leaked and --restarts must be >= 1; --keys 0 or >= 2")
+    if (a.steps < 1 or a.views < 1 or a.leaked < 1 or a.restarts < 1 or any(k < 0 or k == 1 for k in a.keys)
+            or any(b < 1 for b in a.blocks) or len(set(a.keys)) != len(a.keys)):
+        p.error("--steps, --views, --leaked, --restarts and --blocks must be >= 1; --keys distinct, 0 or >= 2")
     data = SCENES[a.scene] if a.scene == "builtin" else str(data_root() / SCENES[a.scene])
     if a.scene != "builtin" and not Path(data).exists():
         p.error(f"{data}: dataset not found (set PRIVNERF_DATA)")
@@ -187,15 +192,25 @@ def main() -> int:
         rows.append(run_key(data, a.steps, a.views, k, a.rays, out, a.leaked, a.restarts, a.blocks, a.quiet))
         print(json.dumps({x: y for x, y in rows[-1].items() if not x.startswith("_")}, default=float))
     a.results_dir.mkdir(parents=True, exist_ok=True)
-    figure(rows, a.results_dir / f"keyed-decoder-{a.scene}.png")
+    fig_path = a.results_dir / f"keyed-decoder-{a.scene}-key{'-'.join(map(str, a.keys))}.png"
+    figure(rows, fig_path)
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    result = {"scene": a.scene, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "commit": commit.strip(), "command": "python benchmarks/keyed_decoder.py " + " ".join(sys.argv[1:]),
-              "machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
-              "rows": [{x: y for x, y in r.items() if not x.startswith("_")} for r in rows]}
-    atomic_write_text(a.results_dir / f"keyed-decoder-{a.scene}.json", json.dumps(result, indent=2, default=float) + "\n")
+    provenance = {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit.strip(),
+                  "command": "python benchmarks/keyed_decoder.py " + " ".join(sys.argv[1:]),
+                  "machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+                  "figure": fig_path.name}
+    path = a.results_dir / f"keyed-decoder-{a.scene}.json"
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    except json.JSONDecodeError as e:
+        p.error(f"{path}: not valid JSON ({e}); move it away to start a new results file")
+    kept = [r for r in old.get("rows", []) if r.get("key_cells") not in a.keys]
+    new_rows = [{**{x: y for x, y in r.items() if not x.startswith("_")}, "provenance": provenance} for r in rows]
+    result = {"scene": a.scene, "note": "rows merged by key size; each row's provenance names its run",
+              "rows": sorted(kept + new_rows, key=lambda r: r["key_cells"])}
+    atomic_write_text(path, json.dumps(result, indent=2, default=float) + "\n")
     return 0
 
 

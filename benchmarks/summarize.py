@@ -317,7 +317,7 @@ def keyed_tables() -> list[str]:
                     ["key cells", "utility", "train s"] + cols + ["constant colour", "commit"])
         notes: dict[str, int] = {}
         for row in r["rows"]:
-            p = row.get("provenance", {"commit": r["commit"], "command": r["command"]})
+            p = row.get("provenance") or {"commit": r.get("commit", "?"), "command": r.get("command", "?")}
             n = notes.setdefault(f"`{p['command']}` ({p.get('finished', r.get('finished'))}"
                                  + (f"; {p['note']}" if p.get("note") else "") + ")", len(notes) + 1)
             cells = [f"{fmt(row[c]['psnr'])} ({fmt(row[c].get('calibrated_psnr'))})" if c in row else "–" for c in cols]

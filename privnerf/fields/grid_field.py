@@ -128,10 +128,18 @@ def make_key(cfg: GridFieldConfig, box: torch.Tensor | None) -> KeyedRotation | 
     return KeyedRotation(1 + cfg.feature_dim, cfg.key_cells, box, cfg.key_layers)
 
 
-def decode_cut(h: torch.Tensor, shift: float, feature_out: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_cut(h: torch.Tensor, shift: float, feature_out: nn.Module | None = None,
+               key: KeyedRotation | None = None, xs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut activation ``(m, 1 + C)`` → density ``(m,)`` and the values composited along rays ``(m, F)``
     (diffuse colour ``sigmoid(f[:, :3])``, then specular features; ``f = feature_out(h[:, 1:])`` when the field
-    has a feature layer, else ``h[:, 1:]``; a :class:`FullDecoder` maps all of ``h`` to ``[density logit, f]``)."""
+    has a feature layer, else ``h[:, 1:]``; a :class:`FullDecoder` maps all of ``h`` to ``[density logit, f]``).
+    With a client ``key`` the cut is first rotated by position, which needs the samples' working-box points
+    ``xs (m, 3)``. The field and a split client's head both decode through here."""
+    if key is not None:
+        if xs is None or xs.shape[0] != h.shape[0]:
+            raise ValueError("a keyed head decodes by position: it needs the sample positions xs "
+                             f"({h.shape[0]} samples, positions {None if xs is None else tuple(xs.shape)})")
+        h = key(h, xs)
     if isinstance(feature_out, FullDecoder):
         h, feature_out = feature_out(h), None
     sigma = nn.functional.softplus(h[:, 0] + shift)
@@ -189,7 +197,7 @@ class GridField(RadianceField):
 
     def density_space(self, xs: torch.Tensor) -> torch.Tensor:
         if not self.density_is_grid:
-            return self.decode(self.encode_space(xs), xs)[0] * self._inside(xs)
+            return decode_cut(self.encode_space(xs), self.shift, self.feature_out, self.key, xs)[0] * self._inside(xs)
         raw = self.density_grid(xs)[:, 0]
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return nn.functional.softplus(raw + self.shift) * self._inside(xs)
@@ -208,16 +216,9 @@ class GridField(RadianceField):
             feat = self.feature_in(feat)
         return torch.cat([self.density_grid(xs), feat], dim=-1)
 
-    def decode(self, h: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The client part: cut activation ``h`` at working-box points ``xs`` → density and values
-        (:func:`decode_cut`, after the key's rotation when the field has one)."""
-        if self.key is not None:
-            h = self.key(h, xs)
-        return decode_cut(h, self.shift, self.feature_out)
-
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = self.space(x)
-        sigma, values = self.decode(self.encode_space(xs), xs)
+        sigma, values = decode_cut(self.encode_space(xs), self.shift, self.feature_out, self.key, xs)
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return sigma * self._inside(xs), values
 

@@ -76,6 +76,9 @@ class SplitClient:
             torch.manual_seed(head_seed if head_seed is not None else int.from_bytes(os.urandom(8), "little"))
         else:
             torch.manual_seed(cfg.seed)
+            if gc.key_cells > 0:  # allowed (the step-for-step tests need it), but the key is then no secret
+                log.warning("--key-cells without --private-head: the key is drawn from the announced seed, so "
+                            "the server can draw the same key")
         self.head = ClientHead(gc).to(self.device)
         o = cfg.optim
         self.opt = torch.optim.Adam(self.head.parameters(), lr=o.lr_mlp, betas=(0.9, 0.99), eps=1e-15)

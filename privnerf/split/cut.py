@@ -37,11 +37,7 @@ def render_activations(head: ClientHead, shift: float, h: torch.Tensor, s: Sampl
     """The client half of rendering: cut activation ``h (m, C)`` at packed samples ``s`` on rays ``dirs (n, 3)``
     → ``rgb (n, 3)``, ``opacity (n,)``, ``depth (n,)``. An attacker's surrogate head renders the same way.
     A keyed head also needs the samples' working-box positions ``xs (m, 3)``."""
-    if head.key is not None:
-        if xs is None or xs.shape[0] != h.shape[0]:
-            raise ValueError("a keyed head decodes by position: render_activations needs the sample positions xs")
-        h = head.key(h, xs)
-    sigma, values = decode_cut(h, shift, head.feature_out)
+    sigma, values = decode_cut(h, shift, head.feature_out, head.key, xs)
     return composite_samples(sigma, values, s, dirs,
                              lambda c, o, d: deferred_shading(head.rgb_net, head.dir_freqs, c, o, d), background)
 
