@@ -1,6 +1,9 @@
 """``privnerf data``: dataset tools.
 
 * ``export-builtin --out DIR [--seed S] [--size N]``: write the built-in scene as nerfstudio data.
+* ``builtin-surface --out ref.npz|ref.ply [--points N] [--seed S]``: exact samples of the built-in scene's
+  visible surface with outward normals (the ground truth of ``privnerf eval mesh``); .npz also holds the
+  scene ``box`` the metrics measure against.
 * ``crowd --scene SRC --users K --partition P --personal P --seed S --out DIR`` or ``crowd --preset NAME
   --out DIR [--scene builtin]``: a many-user dataset with personal content (see
   :mod:`privnerf.data.crowd.generate`).
@@ -22,6 +25,11 @@ def run(argv: list[str]) -> int:
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--size", type=int, default=100)
+    b = sub.add_parser("builtin-surface", help="sample the built-in scene's exact surface (points + normals)")
+    b.add_argument("--out", required=True, type=Path, help=".npz (points, normals, box) or .ply point cloud")
+    b.add_argument("--points", type=int, default=200_000)
+    b.add_argument("--seed", type=int, default=0, help="the scene's seed (as export-builtin --seed)")
+    b.add_argument("--sample-seed", type=int, default=0, help="seed of the sampling")
     c = sub.add_parser("crowd", help="split a scene's views among users and insert their people",
                        description="Write a crowd dataset: nerfstudio transforms.json (per-frame user_id, "
                                    "mask_path), the clean eval split, crowd.json and contact_sheet.png.")
@@ -47,7 +55,25 @@ def run(argv: list[str]) -> int:
         path = export_builtin(a.out, seed=a.seed, size=a.size)
         print(f"built-in scene written to {path}")
         return 0
+    if a.cmd == "builtin-surface":
+        return _builtin_surface(a)
     return _crowd(a)
+
+
+def _builtin_surface(a: argparse.Namespace) -> int:
+    from privnerf.data.builtin import builtin_box, sample_builtin_surface
+    from privnerf.export.mesh import POINT_CLOUD_SUFFIXES, write_point_cloud
+
+    if a.out.suffix.lower() not in POINT_CLOUD_SUFFIXES:
+        raise ValueError(f"{a.out}: the surface samples go to a .npz or .ply file")
+    if a.points < 1:
+        raise ValueError(f"--points must be >= 1, got {a.points}")
+    pts, nrm = sample_builtin_surface(a.points, seed=a.sample_seed, scene_seed=a.seed)
+    box = builtin_box(a.seed)
+    path = write_point_cloud(a.out, pts, nrm, box=box, scene_seed=a.seed)
+    diagonal = float(((box[1] - box[0]) ** 2).sum() ** 0.5)
+    print(f"built-in surface: {path} ({len(pts)} points, box diagonal {diagonal:.4g})")
+    return 0
 
 
 def _crowd(a: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``data``, ``fed``, ``split``.
+"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``export``, ``data``, ``fed``, ``split``, ``face``.
 
 ``privnerf train`` takes every field of :class:`privnerf.train.config.TrainConfig` as a flag (nested ones
 as ``--field.grid.num-voxels``); ``privnerf train --help`` lists them.
@@ -18,14 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {
         "train": ("train a NeRF on one scene", "privnerf.cli.train"),
-        "eval": ("evaluate a run directory on a split", "privnerf.cli.evaluate"),
+        "eval": ("evaluate a run directory on a split, or a mesh (eval mesh)", "privnerf.cli.evaluate"),
         "render": ("render an orbit video or a split's views from a run", "privnerf.cli.render"),
+        "export": ("export a run's surface as a mesh (export mesh)", "privnerf.cli.export"),
         "data": ("dataset tools: export the built-in scene, make crowd datasets", "privnerf.cli.data"),
         "fed": ("federated training on Flower: DecentNeRF and its baselines", "privnerf.cli.fed"),
         "split": ("split learning (SplitNeRF / S2NeRF): train, serve, attack", "privnerf.cli.split"),
+        "face": ("identity-obscured head reconstruction: obscure, train", "privnerf.cli.face"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: privnerf {train,eval,render,data,fed,split} [options]\n")
+        print("usage: privnerf {train,eval,render,export,data,fed,split,face} [options]\n")
         for name, (desc, _) in commands.items():
             print(f"  {name:8s} {desc}")
         if argv and argv[0] not in ("-h", "--help"):

@@ -41,6 +41,10 @@ and, from the pixel-centre ray, the metric depth along the camera -Z axis (``inf
 semantic class id and the instance id (both int32; 0 = background, 1 = ground, then the objects).
 ``meta["classes"]`` names the class ids, ``meta["instances"]`` describes every instance (ground included).
 
+Geometry ground truth: :func:`builtin_box` (the scene box), :func:`builtin_sdf` (signed distance to the
+objects and the ground) and :func:`sample_builtin_surface` (exact area-uniform samples of the visible surface
+with outward normals, for :mod:`privnerf.eval.mesh`).
+
 Generating the default scene (60 + 8 + 8 views at 100 px, supersample 2) takes a few seconds on two CPU
 cores; the result is cached per process, so the train, val and test calls share one render.
 :func:`export_builtin` writes every split (with semantic and instance maps) as a nerfstudio dataset.
@@ -603,9 +607,7 @@ def _render_all_impl(seed: int, size: int, n_train: int, n_val: int, n_test: int
     world = _make_world(seed)
     cams = _cameras(seed, n_train, n_val, n_test)
     focal = 0.5 * size / math.tan(math.radians(FOV_DEG) / 2)
-    lo = np.min([o.bbox()[0] for o in world.objects], 0) - 0.05
-    hi = np.max([o.bbox()[1] for o in world.objects], 0) + 0.05
-    aabb = np.stack([lo, hi]).astype(np.float32)
+    aabb = _scene_aabb(world)
     corners = np.array([[x, y, z] for x in aabb[:, 0] for y in aabb[:, 1] for z in aabb[:, 2]])
     reach = float(np.linalg.norm(corners - np.array(LOOK_AT), axis=1).max())
     near, far = max(0.05, CAMERA_RADIUS - reach - 0.05), CAMERA_RADIUS + reach + 0.05
@@ -650,6 +652,130 @@ def _render_all_impl(seed: int, size: int, n_train: int, n_val: int, n_test: int
             },
         )
     return out
+
+
+def _scene_aabb(world: _World) -> np.ndarray:
+    """``(2, 3)`` float32 scene box: the bounding box of the ground and every object, grown by 0.05."""
+    lo = np.min([o.bbox()[0] for o in world.objects], 0) - 0.05
+    hi = np.max([o.bbox()[1] for o in world.objects], 0) + 0.05
+    return np.stack([lo, hi]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# geometry ground truth
+
+
+@functools.lru_cache(maxsize=4)
+def _geometry_world(scene_seed: int) -> _World:
+    """The seeded world for the geometry functions below (cached: they only read it)."""
+    return _make_world(scene_seed)
+
+
+def builtin_box(scene_seed: int = 0) -> np.ndarray:
+    """The built-in scene's box ``(2, 3)`` float32 (world coordinates), the ``aabb`` of its :class:`Scene`.
+
+    Geometry metrics on this scene measure distances against its diagonal,
+    ``np.linalg.norm(box[1] - box[0])`` (4.23 for seed 0: the 2.8 wide ground disk and the objects' height,
+    plus 0.05 on every side).
+    """
+    return _scene_aabb(_geometry_world(int(scene_seed)))
+
+
+def builtin_sdf(points, scene_seed: int = 0, ground_thickness: float = 0.0):
+    """Signed distance from points to the built-in scene's geometry (negative inside an object).
+
+    The union of the objects' analytic primitives and the ground, as the minimum of their exact signed
+    distances: exact outside the objects; inside, of the right sign and at most the true depth. With ``ground_thickness``
+    0 the ground is the zero-thickness disk the renderer traces, so the value near it is its *unsigned*
+    distance (>= 0; a level set extraction will not find it); a positive thickness makes the ground a
+    solid slab ``z in [-ground_thickness, 0]`` of the disk's radius, a closed surface that marching cubes
+    can extract (give it a few voxels of thickness).
+
+    Args:
+        points: ``(n, 3)`` world points, a tensor or an array.
+        scene_seed: the scene's seed (``make_builtin_scene(seed=...)``).
+        ground_thickness: see above.
+    Returns:
+        ``(n,)`` distances: a tensor of ``points``' float dtype, or a numpy array if ``points`` was not a
+        tensor. Example: just under the ground's centre, ``builtin_sdf(np.array([[0.0, 0.0, -0.01]]))`` is
+        ``[0.01]``, and ``[-0.01]`` with ``ground_thickness=0.05``.
+    """
+    world = _geometry_world(int(scene_seed))
+    as_numpy = not torch.is_tensor(points)
+    p = torch.as_tensor(np.asarray(points) if as_numpy else points)
+    if not p.is_floating_point():
+        p = p.double()
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"builtin_sdf: points must be (n, 3), got {tuple(p.shape)}")
+    if ground_thickness > 0:
+        d = Cylinder(0.0, 0.0, GROUND_RADIUS, -float(ground_thickness), 0.0).sdf(p)
+    else:
+        d = Disk(GROUND_RADIUS).sdf(p)
+    for prim in world.prims:
+        if not isinstance(prim, Disk):
+            d = torch.minimum(d, prim.sdf(p))
+    return d.numpy() if as_numpy else d
+
+
+_VISIBILITY_EPS = 1e-5
+"""How far off the surface (along the normal) a sample is tested for lying inside another primitive."""
+
+
+def _visible(world: _World, prim_index: np.ndarray, pts: np.ndarray, nrm: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: whether surface samples of primitives ``prim_index`` ``(n,)`` are on the scene's outer
+    surface, i.e. the point just outside (``pts + eps * nrm``) is inside no other primitive and not under
+    the ground (the space below the disk is never seen: its cameras are all above it)."""
+    q = torch.from_numpy(pts + _VISIBILITY_EPS * nrm)
+    own = torch.from_numpy(prim_index)
+    hidden = (q[:, 2] < 0) & (torch.hypot(q[:, 0], q[:, 1]) <= GROUND_RADIUS)
+    for prim in world.prims:
+        if isinstance(prim, Disk):
+            continue
+        hidden |= (prim.sdf(q) < 0) & (own != prim.index)
+    return (~hidden).numpy()
+
+
+def sample_builtin_surface(n_points: int, seed: int = 0, scene_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact, area-uniform samples of the built-in scene's visible outer surface, with outward normals.
+
+    The surface is that of the union of the scene's analytic primitives: every primitive's surface minus
+    the parts inside another primitive (a tree trunk inside its foliage cone, the top of a post under the
+    arch's lintel), and minus what faces the ground from on it (objects' bottoms, the ground under them).
+    The ground is its disk's upper face. Samples are drawn on all primitives in proportion to their area and
+    the hidden ones rejected, so the kept ones are uniform over the visible area.
+
+    Args:
+        n_points: number of samples.
+        seed: seed of the sampling.
+        scene_seed: the scene's seed (``make_builtin_scene(seed=...)``).
+    Returns:
+        ``points`` ``(n_points, 3)`` and unit ``normals`` ``(n_points, 3)``, float64, in world coordinates
+        (the cameras' frame). Example: the ground's normals are ``(0, 0, 1)`` and its points have ``z = 0``;
+        ``builtin_sdf(points)`` is 0 up to rounding at every sample.
+    """
+    n_points = int(n_points)
+    if n_points < 1:
+        raise ValueError(f"sample_builtin_surface: n_points must be >= 1, got {n_points}")
+    world = _geometry_world(int(scene_seed))
+    rng = np.random.default_rng([int(seed), 0x5A3F])
+    areas = np.array([p.area() for p in world.prims])
+    probs = areas / areas.sum()
+    kept_pts, kept_nrm, have, rate = [], [], 0, 1.0
+    while have < n_points:
+        m = int((n_points - have) / max(rate, 0.05) * 1.1) + 64
+        which = rng.choice(len(world.prims), size=m, p=probs)
+        pts, nrm = np.zeros((m, 3)), np.zeros((m, 3))
+        for prim in world.prims:
+            sel = which == prim.index
+            if sel.any():
+                pts[sel], nrm[sel] = prim.sample_surface(int(sel.sum()), rng)
+        ok = _visible(world, which, pts, nrm)
+        rate = max(float(ok.mean()), 1e-3)
+        kept_pts.append(pts[ok])
+        kept_nrm.append(nrm[ok])
+        have += int(ok.sum())
+    # the order of the draws is random, so the first n_points kept ones are a uniform sample
+    return np.concatenate(kept_pts)[:n_points], np.concatenate(kept_nrm)[:n_points]
 
 
 def _copy_scene(scene: Scene) -> Scene:

@@ -3,6 +3,16 @@
 Every primitive works on batches of rays in world coordinates: ``intersect(o, d)`` takes origins and unit
 directions ``(M, 3)`` and returns the nearest hit distance ``(M,)`` beyond :data:`EPS` (``inf`` on a miss);
 ``normal(p)`` gives unit outward normals ``(M, 3)`` at surface points.
+
+For geometry ground truth every primitive also has an exact signed distance ``sdf(p)`` ``(M, 3) -> (M,)``
+(negative inside; the zero-thickness :class:`Disk` gives its unsigned distance), its surface ``area()`` and
+``sample_surface(n, rng)``: ``n`` area-uniform points on its surface with their outward normals, as float64
+numpy arrays ``(n, 3)``. Example: ``Sphere((0, 0, 1), 0.5).sdf(torch.tensor([[0.0, 0.0, 2.0]]))`` is
+``tensor([0.5])``, and its ``area()`` is ``pi``.
+
+Surfaces of revolution about a vertical axis (cylinder, cone, disk) are handled in their meridian half-plane
+``(rho, z)``: the distance from a point to such a surface is the distance from ``(rho, z)`` to the profile
+curve in that plane, which :func:`profile_distance` measures.
 """
 
 from __future__ import annotations
@@ -35,6 +45,44 @@ def nonzero_safe(x: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
     return torch.where(x.abs() < tiny, torch.full_like(x, tiny), x)
 
 
+def segment_distance_2d(px: torch.Tensor, py: torch.Tensor, a: tuple[float, float],
+                        b: tuple[float, float]) -> torch.Tensor:
+    """Distance ``(M,)`` from 2-D points ``(px, py)`` (each ``(M,)``) to the segment from ``a`` to ``b``.
+
+    Example: the point ``(1, 1)`` is at distance 1 from the segment ``(0, 0)-(2, 0)``.
+    """
+    ex, ey = b[0] - a[0], b[1] - a[1]
+    qx, qy = px - a[0], py - a[1]
+    t = ((qx * ex + qy * ey) / max(ex * ex + ey * ey, 1e-30)).clamp(0.0, 1.0)
+    return torch.hypot(qx - t * ex, qy - t * ey)
+
+
+def profile_distance(rho: torch.Tensor, z: torch.Tensor, polyline: list[tuple[float, float]]) -> torch.Tensor:
+    """Distance ``(M,)`` from meridian points ``(rho, z)`` (``(M,)`` each, ``rho >= 0``) to a profile polyline.
+
+    The profile of a surface of revolution about the z axis, as ``(rho, z)`` vertices; for ``rho >= 0`` this
+    is the 3-D distance to the surface. Example: a capped cylinder of radius 1 from z = 0 to 2 has the profile
+    ``[(0, 0), (1, 0), (1, 2), (0, 2)]``; the point ``rho = 3, z = 1`` is at distance 2.
+    """
+    d = torch.full_like(rho, INF)
+    for a, b in zip(polyline[:-1], polyline[1:]):
+        d = torch.minimum(d, segment_distance_2d(rho, z, a, b))
+    return d
+
+
+def _unit_vectors(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 3)`` float64 directions uniform on the unit sphere."""
+    v = rng.normal(size=(n, 3))
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+
+
+def _disc_points(n: int, radius: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` area-uniform points in a disc of ``radius`` about the origin: ``(x, y)``, each ``(n,)``."""
+    rr = radius * np.sqrt(rng.random(n))
+    th = rng.uniform(0.0, 2.0 * math.pi, n)
+    return rr * np.cos(th), rr * np.sin(th)
+
+
 
 class Primitive:
     """An analytic surface. ``index`` is its position in the world's primitive list, ``obj`` its object."""
@@ -56,6 +104,18 @@ class Primitive:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def sdf(self, p: torch.Tensor) -> torch.Tensor:
+        """Signed distance ``(M,)`` (negative inside) from points ``p`` ``(M, 3)``, in ``p``'s dtype."""
+        raise NotImplementedError
+
+    def area(self) -> float:
+        """Surface area."""
+        raise NotImplementedError
+
+    def sample_surface(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` area-uniform surface points and their unit outward normals, both ``(n, 3)`` float64."""
         raise NotImplementedError
 
 
@@ -85,6 +145,16 @@ class Sphere(Primitive):
 
     def describe(self):
         return {"type": "sphere", "centre": self.c.tolist(), "radius": self.r}
+
+    def sdf(self, p):
+        return (p - self.c.to(p)).norm(dim=-1) - self.r
+
+    def area(self):
+        return 4.0 * math.pi * self.r**2
+
+    def sample_surface(self, n, rng):
+        nrm = _unit_vectors(n, rng)
+        return self.c.double().numpy() + self.r * nrm, nrm
 
 
 class Box(Primitive):
@@ -119,6 +189,36 @@ class Box(Primitive):
 
     def describe(self):
         return {"type": "box", "centre": self.c.tolist(), "half": self.h.tolist(), "yaw": self.yaw}
+
+    def sdf(self, p):
+        q = rot_to_local(p - self.c.to(p), self.cs, self.sn).abs() - self.h.to(p)
+        return q.clamp_min(0).norm(dim=-1) + q.amax(-1).clamp_max(0)
+
+    def _face_areas(self) -> np.ndarray:
+        """Areas of the faces ``-x, +x, -y, +y, -z, +z`` ``(6,)``."""
+        h = self.h.double().numpy()
+        per_axis = 4.0 * np.array([h[1] * h[2], h[0] * h[2], h[0] * h[1]])
+        return np.repeat(per_axis, 2)
+
+    def area(self):
+        return float(self._face_areas().sum())
+
+    def sample_surface(self, n, rng):
+        areas = self._face_areas()
+        face = rng.choice(6, size=n, p=areas / areas.sum())
+        axis, sign = face // 2, np.where(face % 2 == 1, 1.0, -1.0)
+        h = self.h.double().numpy()
+        local = rng.uniform(-1.0, 1.0, size=(n, 3)) * h
+        rows = np.arange(n)
+        local[rows, axis] = sign * h[axis]
+        nrm = np.zeros((n, 3))
+        nrm[rows, axis] = sign
+        c, s = self.cs, self.sn
+
+        def to_world(v):
+            return np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1], v[:, 2]], axis=1)
+
+        return self.c.double().numpy() + to_world(local), to_world(nrm)
 
 
 class Cylinder(Primitive):
@@ -170,6 +270,27 @@ class Cylinder(Primitive):
         return {"type": "cylinder", "centre": [self.cx, self.cy, 0.5 * (self.z0 + self.z1)],
                 "radius": self.r, "z0": self.z0, "z1": self.z1}
 
+    def sdf(self, p):
+        rho = torch.hypot(p[:, 0] - self.cx, p[:, 1] - self.cy)
+        dr, dz = rho - self.r, torch.maximum(self.z0 - p[:, 2], p[:, 2] - self.z1)
+        return torch.hypot(dr.clamp_min(0), dz.clamp_min(0)) + torch.maximum(dr, dz).clamp_max(0)
+
+    def area(self):
+        return 2.0 * math.pi * self.r * (self.z1 - self.z0) + 2.0 * math.pi * self.r**2
+
+    def sample_surface(self, n, rng):
+        side, cap = 2.0 * math.pi * self.r * (self.z1 - self.z0), math.pi * self.r**2
+        part = rng.choice(3, size=n, p=np.array([side, cap, cap]) / (side + 2 * cap))  # side, bottom, top
+        th = rng.uniform(0.0, 2.0 * math.pi, n)
+        pts = np.stack([self.r * np.cos(th), self.r * np.sin(th), rng.uniform(self.z0, self.z1, n)], axis=1)
+        nrm = np.stack([np.cos(th), np.sin(th), np.zeros(n)], axis=1)
+        dx, dy = _disc_points(n, self.r, rng)
+        for k, z, nz in ((1, self.z0, -1.0), (2, self.z1, 1.0)):
+            m = part == k
+            pts[m] = np.stack([dx[m], dy[m], np.full(m.sum(), z)], axis=1)
+            nrm[m] = (0.0, 0.0, nz)
+        return pts + np.array([self.cx, self.cy, 0.0]), nrm
+
 
 class Cone(Primitive):
     """Upright cone with a capped base of ``radius`` at ``z0`` and its apex at ``z0 + height``."""
@@ -219,6 +340,30 @@ class Cone(Primitive):
     def describe(self):
         return {"type": "cone", "centre": [self.cx, self.cy, self.z0], "radius": self.r, "height": self.hgt}
 
+    def sdf(self, p):
+        rho = torch.hypot(p[:, 0] - self.cx, p[:, 1] - self.cy)
+        z = p[:, 2]
+        dist = profile_distance(rho, z, [(0.0, self.z0), (self.r, self.z0), (0.0, self.za)])
+        inside = (z >= self.z0) & (rho <= self.k * (self.za - z))
+        return torch.where(inside, -dist, dist)
+
+    def area(self):
+        return math.pi * self.r * math.hypot(self.r, self.hgt) + math.pi * self.r**2
+
+    def sample_surface(self, n, rng):
+        slant, base = math.pi * self.r * math.hypot(self.r, self.hgt), math.pi * self.r**2
+        on_base = rng.random(n) < base / (slant + base)
+        # lateral surface: the area within distance s of the apex grows as s^2, so s = sqrt(u) (as a fraction)
+        w = np.sqrt(rng.random(n))
+        th = rng.uniform(0.0, 2.0 * math.pi, n)
+        pts = np.stack([self.r * w * np.cos(th), self.r * w * np.sin(th), self.za - self.hgt * w], axis=1)
+        norm = math.sqrt(1.0 + self.k * self.k)
+        nrm = np.stack([np.cos(th) / norm, np.sin(th) / norm, np.full(n, self.k / norm)], axis=1)
+        dx, dy = _disc_points(n, self.r, rng)
+        pts[on_base] = np.stack([dx[on_base], dy[on_base], np.full(on_base.sum(), self.z0)], axis=1)
+        nrm[on_base] = (0.0, 0.0, -1.0)
+        return pts + np.array([self.cx, self.cy, 0.0]), nrm
+
 
 class Disk(Primitive):
     """The ground: a disk of ``radius`` in the plane ``z = 0`` centred on the origin."""
@@ -241,6 +386,19 @@ class Disk(Primitive):
 
     def describe(self):
         return {"type": "disk", "centre": [0.0, 0.0, 0.0], "radius": self.r}
+
+    def sdf(self, p):
+        """Unsigned distance ``(M,)`` to the disk: it has no inside (zero thickness)."""
+        return profile_distance(torch.hypot(p[:, 0], p[:, 1]), p[:, 2], [(0.0, 0.0), (self.r, 0.0)])
+
+    def area(self):
+        """Area of one side (the upper face: the ground is only ever seen from above)."""
+        return math.pi * self.r**2
+
+    def sample_surface(self, n, rng):
+        """Points on the upper face, normals ``+z``."""
+        x, y = _disc_points(n, self.r, rng)
+        return np.stack([x, y, np.zeros(n)], axis=1), np.tile([0.0, 0.0, 1.0], (n, 1))
 
 
 class Capsule(Primitive):
@@ -291,3 +449,28 @@ class Capsule(Primitive):
 
     def describe(self):
         return {"type": "capsule", "a": self.a.tolist(), "b": self.b.tolist(), "radius": self.r}
+
+    def sdf(self, p):
+        a = self.a.to(p)
+        ba = self.b.to(p) - a
+        h = (((p - a) @ ba) / (ba @ ba).clamp_min(1e-30)).clamp(0, 1)
+        return (p - a - h[:, None] * ba).norm(dim=-1) - self.r
+
+    def area(self):
+        return 2.0 * math.pi * self.r * float((self.b - self.a).norm()) + 4.0 * math.pi * self.r**2
+
+    def sample_surface(self, n, rng):
+        a, b = self.a.double().numpy(), self.b.double().numpy()
+        length = float(np.linalg.norm(b - a))
+        body = 2.0 * math.pi * self.r * length
+        on_body = rng.random(n) < body / (body + 4.0 * math.pi * self.r**2)
+        u = _unit_vectors(n, rng)
+        axis = (b - a) / max(length, 1e-300)
+        # the end caps: a direction pointing away from b sits on a's hemisphere, otherwise on b's
+        centre = np.where(((u @ axis) < 0)[:, None], a, b)
+        # the body: a direction perpendicular to the axis (u with its axial part removed) at a uniform height
+        perp = u - (u @ axis)[:, None] * axis
+        perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-300)
+        nrm = np.where(on_body[:, None], perp, u)
+        base = np.where(on_body[:, None], a + rng.random(n)[:, None] * (b - a), centre)
+        return base + self.r * nrm, nrm

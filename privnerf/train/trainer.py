@@ -26,9 +26,10 @@ from privnerf.fields import make_field
 from privnerf.fields.base import RadianceField
 from privnerf.fields.grid_field import GridField
 from privnerf.fields.personal_field import PersonalField
+from privnerf.fields.surface_field import SurfaceField
 from privnerf.render.occupancy import OccupancyGrid
 from privnerf.render.renderer import RenderSettings, render_rays, render_rays_personal
-from privnerf.render.volume import distortion_loss
+from privnerf.render.volume import accumulate, distortion_loss, weights_from_density
 from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
 from privnerf.train.config import TrainConfig
 from privnerf.train.optim import GridAdam
@@ -123,7 +124,7 @@ class Trainer:
 
     # -- setup --------------------------------------------------------------------------------------
     def _initial_step(self, aabb: torch.Tensor, contraction: bool) -> float:
-        if self.cfg.field.kind == "grid":
+        if self.cfg.field.kind in ("grid", "surface"):
             from privnerf.fields.grid_field import resolution_for
 
             box = torch.tensor([[-2.0] * 3, [2.0] * 3]) if contraction else aabb
@@ -175,7 +176,8 @@ class Trainer:
     def _build_optimizers(self) -> None:
         o = self.cfg.optim
         grids = self.field.grids()
-        lrs = [o.lr_density if i == 0 else o.lr_features for i in range(len(grids))]
+        lrs = (self.field.grid_lrs(o.lr_density, o.lr_features) if hasattr(self.field, "grid_lrs")
+               else [o.lr_density if i == 0 else o.lr_features for i in range(len(grids))])
         if self.personal is not None:
             grids = grids + self.personal.grids()
             lrs += [self.cfg.personal.lr_grid] * len(self.personal.grids())
@@ -210,6 +212,12 @@ class Trainer:
         if refresh and self.skips_empty:
             self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         warm = self.step_count >= r.occ_warmup_steps
+        if isinstance(self.field, SurfaceField) and not self.field.sdf_active and \
+                self.step_count >= self.field.scfg.warm_start_steps:
+            info = self.field.warm_start(self.occ_step, self.seen_empty(self.field.sdf_grid))
+            log.info("SDF warm start from the density branch at step %d: %s", self.step_count, info)
+            if self.skips_empty:
+                self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         if isinstance(self.field, GridField) and warm and self.field.pending_growth(self.progress()):
             gc = self.field.cfg
             box = None
@@ -223,6 +231,46 @@ class Trainer:
                 self.grid_opt.reset()
             if self.skips_empty:
                 self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+
+    @torch.no_grad()
+    def seen_empty(self, grid, rays_per_view: int = 4096, chunk: int = 8192) -> np.ndarray:
+        """``(X, Y, Z)`` bool over ``grid``'s points: which the training cameras saw as empty space, i.e. some
+        training ray (``rays_per_view`` per view, on a regular pixel lattice) reached the point's voxel with
+        transmittance above one half under the current density (marched at half a voxel, no skipping)."""
+        res = torch.tensor(grid.resolution)
+        box = grid.aabb.cpu()
+        seen = torch.zeros(int(res.prod()), dtype=torch.bool)
+        voxel = float(((box[1] - box[0]) / (res - 1)).mean())
+        step = voxel / 2
+        from privnerf.data.cameras import rays_from_pixels
+        from privnerf.render.sampler import ray_aabb
+
+        sc = self.scene
+        for i in range(sc.num_views):
+            h, w = sc.hw(i)
+            k = max(int(math.sqrt(rays_per_view * w / h)), 1)
+            u = torch.linspace(0, w - 1, k).round().long()
+            v = torch.linspace(0, h - 1, max(rays_per_view // k, 1)).round().long()
+            vv, uu = torch.meshgrid(v, u, indexing="ij")
+            o, d, _ = rays_from_pixels(torch.from_numpy(sc.c2w[i]).float(), torch.from_numpy(sc.intrinsics[i]).float(),
+                                       uu.reshape(-1), vv.reshape(-1))
+            t0, t1 = ray_aabb(o, d, box)
+            t0, t1 = t0.clamp(min=self.near), t1.clamp(max=self.far)
+            hit = t1 > t0
+            o, d, t0, t1 = o[hit], d[hit], t0[hit], t1[hit]
+            for a in range(0, o.shape[0], chunk // 64):
+                oo, dd, aa, bb = o[a:a + chunk // 64], d[a:a + chunk // 64], t0[a:a + chunk // 64], t1[a:a + chunk // 64]
+                n = int(torch.ceil((bb - aa).max() / step))
+                t = aa[:, None] + (torch.arange(n)[None] + 0.5) * step
+                valid = t < bb[:, None]
+                pts = oo[:, None] + t[..., None] * dd[:, None]
+                sig = GridField.density_space(self.field, pts.reshape(-1, 3).to(self.device)).cpu().reshape(t.shape) * valid
+                trans = torch.exp(-(torch.cumsum(sig * step, dim=1) - sig * step))
+                ok = valid & (trans > 0.5)
+                idx = ((pts[ok] - box[0]) / (box[1] - box[0]) * (res - 1)).round().long()
+                idx = torch.minimum(idx.clamp(min=0), res - 1)
+                seen[(idx[:, 0] * res[1] + idx[:, 1]) * res[2] + idx[:, 2]] = True
+        return seen.reshape(*grid.resolution).numpy()
 
     def occupancy_density(self, xs: torch.Tensor) -> torch.Tensor:
         """Density the occupancy grid tracks at working-box points ``(n, 3)``: the global field's, plus the
@@ -247,10 +295,13 @@ class Trainer:
             o = self.cfg.optim
             settings = self.settings()
             use_distortion = self._uses_distortion()
-            sample_losses = use_distortion or o.rgb_per_sample_weight > 0
+            surface = isinstance(self.field, SurfaceField)
+            sample_losses = use_distortion or o.rgb_per_sample_weight > 0 or surface
             out = render_rays(self.field, self.occ, origins, dirs, settings, jitter=True, keep_samples=sample_losses)
             mse = torch.mean((out["rgb"] - target) ** 2)
             loss = mse
+            if surface:
+                loss = loss + self._surface_terms(out, origins, dirs, settings)
             if sample_losses and len(out["samples"]) > 0:
                 s, w = out["samples"], out["weights"]
                 n = origins.shape[0]
@@ -275,6 +326,41 @@ class Trainer:
             # by nature, and penalising that spread would push the people into the object
             loss = loss + self._distortion_term(out["weights_global"], out["samples"], settings, origins.shape[0])
         return loss, err.mean(), out
+
+    def _surface_terms(self, out: dict, origins: torch.Tensor, dirs: torch.Tensor, settings) -> torch.Tensor:
+        """The surface field's extra loss (:mod:`privnerf.fields.surface_field`): in ``dual`` mode the SDF
+        branch rendered from the same samples against the density branch's view-independent colour
+        (stopped gradient), then eikonal and curvature terms. Each term lands in ``out["terms"]``."""
+        f = self.field
+        if not f.sdf_active:
+            return torch.zeros((), device=origins.device)
+        n = origins.shape[0]
+        s, values = out["samples"], out["values"]
+        terms: dict[str, torch.Tensor] = {}
+        if f.scfg.mode == "dual" and len(s) > 0:
+            bg = settings.background.to(values)
+            w_d = out["weights"].detach()
+            c = values[:, :3].detach()
+            label = accumulate(w_d, c, s.ray_idx, n)
+            label = label + (1 - accumulate(w_d, None, s.ray_idx, n))[:, None] * bg
+            w_s, _ = weights_from_density(f.sdf_density(values[:, -1]), s.delta, s.ray_idx, n)
+            pred = accumulate(w_s, c, s.ray_idx, n) + (1 - accumulate(w_s, None, s.ray_idx, n))[:, None] * bg
+            terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
+            op_s = accumulate(w_s, None, s.ray_idx, n)
+            out["opacity_sdf"] = op_s
+            op_d = accumulate(w_d, None, s.ray_idx, n)
+            if f.scfg.coupling_opacity_weight > 0:
+                terms["coupling_opacity"] = f.scfg.coupling_opacity_weight * torch.mean((op_s - op_d) ** 2)
+            if f.scfg.coupling_depth_weight > 0:
+                d_s = accumulate(w_s, s.t[:, None], s.ray_idx, n)[:, 0] / op_s.clamp(min=1e-6)
+                d_d = accumulate(w_d, s.t[:, None], s.ray_idx, n)[:, 0] / op_d.clamp(min=1e-6)
+                both = (op_s.detach() > 0.5) & (op_d > 0.5)
+                if bool(both.any()):
+                    terms["coupling_depth"] = f.scfg.coupling_depth_weight * ((d_s - d_d).abs()[both]).mean() / f.voxel
+        xs = f.space(origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]) if len(s) > 0 else origins.new_zeros(0, 3)
+        terms.update(f.regularizers(xs, self.generator, self.progress()))
+        out["terms"] = {k: float(v.detach()) for k, v in terms.items()}
+        return sum(terms.values())
 
     def _uses_distortion(self) -> bool:
         return self.cfg.optim.distortion_weight > 0 and not self.field.space.contraction

@@ -1,0 +1,168 @@
+"""The surface field (privnerf.fields.surface_field): VolSDF density, finite-difference eikonal/curvature, the
+Du-NeRF coupling in the training step, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from privnerf.fields.grid_field import GridFieldConfig
+from privnerf.fields.surface_field import SurfaceField, SurfaceFieldConfig, laplace_density
+
+BOX = torch.tensor([[-1.0] * 3, [1.0] * 3])
+
+
+def make(mode="dual", **kw) -> SurfaceField:
+    return SurfaceField(GridFieldConfig(num_voxels_start=48**3), SurfaceFieldConfig(mode=mode, **kw), BOX, False, 0.02)
+
+
+def test_laplace_density_is_volsdf():
+    beta = torch.tensor(0.05)
+    s = torch.tensor([-1.0, -0.05, 0.0, 0.05, 1.0])
+    sigma = laplace_density(s, beta)
+    assert float(sigma[2]) == pytest.approx(1 / (2 * 0.05))
+    assert float(sigma[0]) == pytest.approx(1 / 0.05, rel=1e-6)  # deep inside: 1 / beta
+    assert float(sigma[4]) < 1e-6  # far outside: empty
+    # Psi(-s) + Psi(s) = 1 (the Laplace CDF is symmetric)
+    assert float(sigma[1] + sigma[3]) * 0.05 == pytest.approx(1.0, rel=1e-6)
+    assert torch.all(sigma[:-1] >= sigma[1:])  # monotone in s
+
+
+def test_initial_sdf_is_a_sphere_with_unit_gradient():
+    f = make(init_radius=0.5)
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.8, 0.0]])
+    s = f.sdf(pts)
+    assert torch.allclose(s, torch.tensor([-0.5, 0.0, 0.3]), atol=0.02)
+    xs = torch.tensor([[0.3, 0.2, -0.4], [-0.6, 0.1, 0.1]])
+    grad, lap = f.sdf_derivatives(xs)
+    assert torch.allclose(grad.norm(dim=-1), torch.ones(2), atol=0.03)
+    assert torch.allclose(grad / grad.norm(dim=-1, keepdim=True), xs / xs.norm(dim=-1, keepdim=True), atol=0.03)
+    # Laplacian of |x| - r is 2 / |x|
+    assert torch.allclose(lap, 2 / xs.norm(dim=-1), rtol=0.15)
+    reg = f.regularizers(torch.rand(100, 3) - 0.5, torch.Generator().manual_seed(0), 1.0)
+    assert float(reg["eikonal"]) < 0.05 * f.scfg.eikonal_weight  # a true distance: eikonal ~ 0
+    # a squashed field (|grad s| = 0.5) is penalised
+    with torch.no_grad():
+        f.sdf_grid.data.mul_(0.5)
+    assert float(f.regularizers(torch.zeros(0, 3), torch.Generator().manual_seed(0), 1.0)["eikonal"]) > 0.2 * f.scfg.eikonal_weight
+
+
+def test_modes_pick_the_rendering_density_and_carry_the_sdf():
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.9, 0.9]])
+    d = torch.nn.functional.normalize(torch.ones(2, 3), dim=-1)
+    for mode in ("dual", "sdf"):
+        f = make(mode)
+        sigma, values = f(x, d)
+        assert values.shape == (2, f.cfg.feature_dim + 1)
+        assert torch.allclose(values[:, -1], f.sdf(x))
+        if mode == "sdf":
+            assert torch.allclose(sigma, laplace_density(f.sdf(x), f.beta))
+        else:  # the density grid's (near-transparent at start), not the SDF's
+            assert float(sigma[0]) < 1.0
+        # marching sees both branches in dual mode, once the SDF is born (warm start)
+        if mode == "dual":
+            assert not f.sdf_active and float(f.density(x)[0]) < 1.0
+            f.warm.fill_(True)
+        dens = f.density(x)
+        assert float(dens[0]) >= float(laplace_density(f.sdf(x[:1]), f.beta)) - 1e-5
+        rgb = f.finish(values, torch.ones(2), d)
+        assert rgb.shape == (2, 3)
+
+
+def test_warm_start_is_the_signed_distance_to_the_density_solid():
+    f = make()
+    with torch.no_grad():  # a density ball of radius 0.4
+        pts = f._grid_points(f.density_grid).reshape(-1, 3)
+        f.density_grid.data.copy_(torch.where(pts.norm(dim=-1, keepdim=True) < 0.4, 10.0, -10.0).reshape(f.density_grid.data.shape))
+    seen = (f._grid_points(f.sdf_grid).norm(dim=-1) > 0.4).numpy()
+    for seen_empty in (None, seen):
+        info = f.warm_start(0.05, seen_empty)
+        assert info["warm_started"] and f.sdf_active
+        s = f.sdf(torch.tensor([[0.0, 0.0, 0.0], [0.7, 0.0, 0.0], [0.0, 0.4, 0.0]]))
+        assert float(s[0]) == pytest.approx(-0.4, abs=1.5 * f.voxel)
+        assert float(s[1]) == pytest.approx(0.3, abs=1.5 * f.voxel)
+        assert abs(float(s[2])) < 1.5 * f.voxel
+        assert float(f.beta) == pytest.approx(f.voxel, rel=1e-4)
+
+
+def test_beta_is_floored_by_the_voxel():
+    f = make(beta_min_voxels=0.5)
+    with torch.no_grad():
+        f.log_beta.fill_(math.log(1e-6))
+    assert float(f.beta) == pytest.approx(0.5 * f.voxel)
+
+
+@pytest.mark.parametrize("mode", ["dual", "sdf"])
+def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
+    from privnerf.data.builtin import make_builtin_scene
+    from privnerf.train.config import TrainConfig
+    from privnerf.train.trainer import Trainer, trainer_from_checkpoint
+
+    scene = make_builtin_scene("train", size=32, n_train=6, n_val=1, n_test=1, supersample=1)
+    cfg = TrainConfig(steps=6)
+    cfg.field.kind = "surface"
+    cfg.field.surface.mode = mode
+    cfg.optim.batch_rays = 256
+    cfg.field.grid.num_voxels_start = 32**3
+    cfg.field.surface.warm_start_steps = 2
+    t = Trainer(cfg, scene, tmp_path)
+    assert len(t.grid_opt.grids) == 3 and t.grid_opt.lrs[2] == pytest.approx(
+        cfg.field.surface.lr_sdf * t.field.diagonal / 2)
+    for _ in range(3):
+        t.step()
+    assert t.field.sdf_active  # dual: born from the density branch at step 2
+    before = t.field.sdf_grid.data.detach().clone()
+    t.maintenance()
+    batch = t.sample_batch()
+    loss, mse, out = t.compute_loss(batch)
+    assert "eikonal" in out["terms"] and ("coupling" in out["terms"]) == (mode == "dual")
+    t.apply_loss(loss, mse, out, batch[0].shape[0])
+    assert not torch.equal(before, t.field.sdf_grid.data)  # the SDF trains
+    for _ in range(3):
+        t.step()
+    t.save_checkpoint()
+    back = trainer_from_checkpoint(tmp_path)
+    assert isinstance(back.field, SurfaceField) and back.field.scfg.mode == mode
+    assert torch.equal(back.field.sdf_grid.data, t.field.sdf_grid.data)
+    assert float(back.field.log_beta) == float(t.field.log_beta)
+
+
+def test_coupling_moves_only_the_sdf():
+    """In dual mode the coupling term's gradient reaches the SDF grid and beta, never the colours."""
+    from privnerf.data.builtin import make_builtin_scene
+    from privnerf.train.config import TrainConfig
+    from privnerf.train.trainer import Trainer
+
+    scene = make_builtin_scene("train", size=32, n_train=6, n_val=1, n_test=1, supersample=1)
+    cfg = TrainConfig(steps=4)
+    cfg.field.kind = "surface"
+    cfg.field.surface.eikonal_weight = 0.0
+    cfg.field.surface.curvature_weight = 0.0
+    cfg.field.grid.num_voxels_start = 32**3
+    cfg.optim.batch_rays = 256
+    cfg.optim.distortion_weight = 0.0
+    cfg.field.surface.warm_start_steps = 0
+    t = Trainer(cfg, scene)
+    for _ in range(3):
+        t.step()
+    t.maintenance()
+    _, _, out = t.compute_loss(t.sample_batch())
+    for g in t.field.grids():
+        g.grad_buffer().zero_()
+        g.touched_mask().zero_()
+    t.field.log_beta.grad = None
+    coupling = torch.zeros(())
+    f = t.field
+    s, values = out["samples"], out["values"]
+    from privnerf.render.volume import accumulate, weights_from_density
+
+    n = 256
+    label = accumulate(out["weights"].detach(), values[:, :3].detach(), s.ray_idx, n)
+    w_s, _ = weights_from_density(f.sdf_density(values[:, -1]), s.delta, s.ray_idx, n)
+    coupling = ((accumulate(w_s, values[:, :3].detach(), s.ray_idx, n) - label) ** 2).mean()
+    coupling.backward()
+    assert float(f.sdf_grid.grad_buffer().abs().sum()) > 0
+    assert float(f.feature_grid.grad_buffer().abs().sum()) == 0
+    assert float(f.density_grid.grad_buffer().abs().sum()) == 0
