@@ -328,6 +328,64 @@ def keyed_tables() -> list[str]:
     return out
 
 
+def surface_tables() -> list[str]:
+    out = []
+    b = load("surface-builtin")
+    if b:
+        out += head(f"surface-builtin ({b['started']}, commit {b['commit']}, `{b['command']}`)",
+                    ["mode", "train s", "steps", "steps/s", "test PSNR", "Chamfer-L1 / diag", "normal consistency",
+                     "F @ 0.5 %", "F @ 1 %", "target met"])
+        for m, r in b["rows"].items():
+            if "tau_0.01" not in r:
+                out.append(f"| {m} | {r['train_time_s']:.0f} | {r['steps']} | {r['steps_per_s']:.1f} | {fmt(r['psnr'])} | "
+                           "no surface | – | – | – | no |")
+                continue
+            t1, t05 = r["tau_0.01"], r["tau_0.005"]
+            out.append(f"| {m} | {r['train_time_s']:.0f} | {r['steps']} | {r['steps_per_s']:.1f} | {fmt(r['psnr'])} | "
+                       f"{100 * t1['chamfer_l1_frac']:.2f} % | {fmt(t1['normal_consistency'], 3)} | {fmt(t05['fscore'], 3)} | "
+                       f"{fmt(t1['fscore'], 3)} | {'yes' if b['meets_target'].get(m) else 'no'} |")
+        out.append("")
+    lg = load("surface-lego")
+    if lg:
+        out += head(f"surface-lego ({lg['started']}, commit {lg['commit']}, `{lg['command']}`)",
+                    ["field", "train s", "steps", "steps/s", "test views", "PSNR", "SSIM", "LPIPS", "mesh faces"])
+        for k, r in lg["rows"].items():
+            out.append(f"| {k} | {r['train_time_s']:.0f} | {r['steps']} | {r['steps_per_s']:.1f} | {r['num_images']} | "
+                       f"{fmt(r['psnr'])} | {fmt(r['ssim'], 3)} | {fmt(r['lpips'], 3)} | {r['mesh_faces']} |")
+        out.append(f"\nPSNR gap {lg['psnr_gap_db']:.2f} dB (bar: 1 dB); a surface step costs "
+                   f"{lg['step_cost_ratio']:.2f}x a density step (bar: 2x).\n")
+    return out
+
+
+def face_tables() -> list[str]:
+    out = []
+    f = load("face-head")
+    if f:
+        out += head(f"face-head ({f['started']}, commit {f['commit']}, `{f['command']}`)",
+                    ["run", "RGB views", "σ views", "steps", "train s", "face Chamfer-L1 / diag vs full",
+                     "normal consistency", "F @ 1 %", "F @ 2 %"])
+        for n, r in f["runs"].items():
+            sc = f["face_region_vs_full"].get(n)
+            cells = ["(reference)", "–", "–", "–"] if sc is None else [
+                f"{100 * sc['tau_0.01']['chamfer_l1_frac']:.2f} %", fmt(sc["tau_0.01"]["normal_consistency"], 3),
+                fmt(sc["tau_0.01"]["fscore"], 3), fmt(sc["tau_0.02"]["fscore"], 3)]
+            out.append(f"| {n} | {r['neutral_views']} | {r['sensitive_views']} | {r['steps']} | {r['train_time_s']:.0f} | "
+                       + " | ".join(cells) + " |")
+        g = f.get("gap_closed")
+        out.append(f"\nGap closed (rear-only -> full, face-region Chamfer): {'–' if g is None else f'{100 * g:.0f} %'} "
+                   "(bar: 70 %).\n")
+    pr = load("face-privacy")
+    if pr:
+        out += head(f"face-privacy ({pr.get('started', '?')}, `{pr.get('command', '?')}`)",
+                    ["probe", "n", "face detected", "verified at 0.6", "PSNR vs raw", "SSIM"])
+        for k, v in pr["summary"].items():
+            if isinstance(v, dict):
+                out.append(f"| {k} | {v.get('n', '–')} | {fmt(v.get('detection_rate'))} | {fmt(v.get('verification_rate'))} | "
+                           f"{fmt(v.get('psnr'))} | {fmt(v.get('ssim'), 3)} |")
+        out.append("")
+    return out
+
+
 def plot() -> Path | None:
     try:
         import matplotlib
@@ -373,7 +431,7 @@ def plot() -> Path | None:
 
 
 if __name__ == "__main__":
-    print("\n".join(engine_tables() + gpu_table() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables() + keyed_tables()))
+    print("\n".join(engine_tables() + gpu_table() + field_ops_table() + check_runs() + loss_sweep_table() + crowd_tables() + fed_tables() + split_tables() + keyed_tables() + surface_tables() + face_tables()))
     p = plot()
     if p:
         print(f"plot: {p}")
