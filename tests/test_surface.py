@@ -42,7 +42,7 @@ def test_initial_sdf_is_a_sphere_with_unit_gradient():
     # Laplacian of |x| - r is 2 / |x|
     assert torch.allclose(lap, 2 / xs.norm(dim=-1), rtol=0.15)
     reg = f.regularizers(torch.rand(100, 3) - 0.5, torch.Generator().manual_seed(0), 1.0)
-    assert float(reg["eikonal"]) < 0.05 * f.scfg.eikonal_weight  # a true distance: eikonal ~ 0
+    assert float(reg["eikonal"].detach()) < 0.05 * f.scfg.eikonal_weight  # a true distance: eikonal ~ 0
     # a squashed field (|grad s| = 0.5) is penalised
     with torch.no_grad():
         f.sdf_grid.data.mul_(0.5)

@@ -217,7 +217,7 @@ class FaceTrainer:
         elif self.field.scfg.mode == "dual":
             mask_term = mask_term + _bce(_sdf_branch(self.field, out, n, bg)[1], mask)
         loss = loss + self.cfg.mask_weight * mask_term
-        terms["mask"] = float(mask_term)
+        terms["mask"] = float(mask_term.detach())
         if stage2:
             from privnerf.face.operators import apply_operator, to_gray
 
@@ -236,7 +236,7 @@ class FaceTrainer:
                 m = self.spec_margin()
                 grad_term = grad_term + (sig - target)[..., m:p - m, m:p - m].abs().mean()
             loss = loss + self.cfg.grad_weight * grad_term
-            terms["grad"] = float(grad_term)
+            terms["grad"] = float(grad_term.detach())
             if self.cfg.sensitive_masks:
                 pm = pmask.reshape(-1)
                 sm = _bce(r["opacity"], pm)
@@ -246,7 +246,7 @@ class FaceTrainer:
             if self.cfg.lipschitz_weight > 0:
                 lip = self._lipschitz()
                 loss = loss + self.cfg.lipschitz_weight * lip
-                terms["lipschitz"] = float(lip)
+                terms["lipschitz"] = float(lip.detach())
         stats = t.apply_loss(loss, mse, out, n)
         stats.update(terms)
         stats["stage"] = 2 if stage2 else 1
@@ -274,7 +274,7 @@ class FaceTrainer:
         if t.run_dir is not None:
             t.save_checkpoint()
         return {"steps": t.step_count, "train_time_s": t.train_time, "wall_s": time.perf_counter() - t_start,
-                "last": stats, "beta": float(self.field.beta)}
+                "last": stats, "beta": float(self.field.beta.detach())}
 
 
 def run_face(cfg: FaceTrainConfig, neutral: Scene, sensitive: list, spec, out_dir: Path, label: str) -> dict:
