@@ -64,6 +64,8 @@ def main() -> int:
     p.add_argument("--face-direction", default="auto")
     p.add_argument("--face-cone", type=float, default=60.0)
     p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--max-voxels", type=int, default=128**3,
+                   help="grid size cap (the engine's default, 256^3, makes a head step several times slower)")
     p.add_argument("--runs", nargs="+", default=["full", "rear-only", "obscured"])
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "face-head")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
@@ -99,6 +101,7 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         cfg = FaceTrainConfig(stage1_steps=n1, stage2_steps=n2, mesh_resolution=a.resolution, quiet=True,
                               train=_default_train_config())
+        cfg.train.field.grid.max_voxels = a.max_voxels
         print(f"=== {name}: {n1} + {n2} steps, {scene.num_views} RGB views, {len(sens)} σ views ===", flush=True)
         res = run_face(cfg, scene, sens, obs.spec, out, name)
         res.pop("history", None)

@@ -376,7 +376,7 @@ def face_tables() -> list[str]:
                    "(bar: 70 %).\n")
     pr = load("face-privacy")
     if pr:
-        out += head(f"face-privacy ({pr.get('started', '?')}, `{pr.get('command', '?')}`)",
+        out += head(f"face-privacy ({pr.get('date', pr.get('started', '?'))}, `{pr.get('command', '?')}`)",
                     ["probe", "n", "face detected", "verified at 0.6", "PSNR vs raw", "SSIM"])
         for k, v in pr["summary"].items():
             if isinstance(v, dict):

@@ -166,6 +166,10 @@ class FaceTrainer:
         self.cfg = cfg
         steps = cfg.stage1_steps + cfg.stage2_steps
         cfg.train.steps = steps
+        # the SDF must be born (from the density branch) inside stage 1, so that stage 2's Lipschitz reference is
+        # the stage-1 surface and not the initial sphere (measured otherwise on the head: see docs/face.md)
+        sc = cfg.train.field.surface
+        sc.warm_start_steps = min(sc.warm_start_steps, max(cfg.stage1_steps // 2, 1))
         self.trainer = Trainer(cfg.train, neutral, run_dir)
         self.pixels = MaskedPixels(neutral)
         self.spec = spec
