@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -55,17 +53,8 @@ from privnerf.face.obscure import parse_direction, scene_up, yaw_degrees  # noqa
 from privnerf.face.operators import OPERATORS, OperatorSpec, obscure, preview, to_gray  # noqa: E402
 from privnerf.privacy import face_attacks as fa  # noqa: E402
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from engine import machine  # noqa: E402  (one machine description for every benchmark)
 
 
 def u8(img: np.ndarray) -> np.ndarray:

@@ -148,20 +148,18 @@ def test_coupling_moves_only_the_sdf():
     for _ in range(3):
         t.step()
     t.maintenance()
-    _, _, out = t.compute_loss(t.sample_batch())
+    batch = t.sample_batch()
+    settings = t.settings()
+    from privnerf.render.renderer import render_rays
+
+    out = render_rays(t.field, t.occ, batch[0], batch[1], settings, jitter=True, keep_samples=True)
     for g in t.field.grids():
         g.grad_buffer().zero_()
         g.touched_mask().zero_()
-    t.field.log_beta.grad = None
-    coupling = torch.zeros(())
     f = t.field
-    s, values = out["samples"], out["values"]
-    from privnerf.render.volume import accumulate, weights_from_density
-
-    n = 256
-    label = accumulate(out["weights"].detach(), values[:, :3].detach(), s.ray_idx, n)
-    w_s, _ = weights_from_density(f.sdf_density(values[:, -1]), s.delta, s.ray_idx, n)
-    coupling = ((accumulate(w_s, values[:, :3].detach(), s.ray_idx, n) - label) ** 2).mean()
+    f.log_beta.grad = None
+    coupling = t._surface_terms(out, batch[0], batch[1], settings)  # the trainer's own coupling term
+    assert out["terms"]["coupling"] > 0 and out["terms"]["eikonal"] == 0 and "curvature" not in out["terms"]
     coupling.backward()
     assert float(f.sdf_grid.grad_buffer().abs().sum()) > 0
     assert float(f.feature_grid.grad_buffer().abs().sum()) == 0
