@@ -31,7 +31,7 @@ def test_laplace_density_is_volsdf():
 
 
 def test_initial_sdf_is_a_sphere_with_unit_gradient():
-    f = make(init_radius=0.5)
+    f = make(init_radius=0.5, box_margin=0.0)
     pts = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.8, 0.0]])
     s = f.sdf(pts)
     assert torch.allclose(s, torch.tensor([-0.5, 0.0, 0.3]), atol=0.02)
@@ -118,6 +118,7 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     batch = t.sample_batch()
     loss, mse, out = t.compute_loss(batch)
     assert "eikonal" in out["terms"] and ("coupling" in out["terms"]) == (mode == "dual")
+    assert ("photo_sdf" in out["terms"]) == (mode == "dual")  # the SDF branch's own photometric loss
     t.apply_loss(loss, mse, out, batch[0].shape[0])
     assert not torch.equal(before, t.field.sdf_grid.data)  # the SDF trains
     for _ in range(3):
@@ -164,3 +165,23 @@ def test_coupling_moves_only_the_sdf():
     assert float(f.sdf_grid.grad_buffer().abs().sum()) > 0
     assert float(f.feature_grid.grad_buffer().abs().sum()) == 0
     assert float(f.density_grid.grad_buffer().abs().sum()) == 0
+    # the SDF branch's photometric term, unlike the coupling, reaches the shared colours
+    out = render_rays(t.field, t.occ, batch[0], batch[1], settings, jitter=True, keep_samples=True)
+    for g in t.field.grids():
+        g.grad_buffer().zero_()
+    t._surface_terms(out, batch[0], batch[1], settings, batch[2]).backward()
+    assert out["terms"]["photo_sdf"] > 0
+    assert float(f.feature_grid.grad_buffer().abs().sum()) > 0
+
+
+def test_surface_box_has_room_under_the_scene_box():
+    """The surface field's box is the scene box grown by box_margin of its longest side (an SDF needs room on
+    both sides of a surface on the scene box's face), and a shrunk box keeps that margin around the content."""
+    from privnerf.fields.grid_field import GridFieldConfig
+
+    aabb = torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 1.0]])
+    f = SurfaceField(GridFieldConfig(num_voxels_start=16**3), SurfaceFieldConfig(box_margin=0.05), aabb, False, 0.05)
+    assert torch.allclose(f.space.box, torch.tensor([[-1.1, -1.1, -0.1], [1.1, 1.1, 1.1]]))
+    f.grow(torch.tensor([[-0.5, -0.5, 0.0], [0.5, 0.5, 0.5]]))
+    assert torch.allclose(f.density_grid.aabb, torch.tensor([[-0.6, -0.6, -0.1], [0.6, 0.6, 0.6]]), atol=1e-5)
+    assert torch.equal(f.sdf_grid.aabb, f.density_grid.aabb)

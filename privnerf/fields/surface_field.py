@@ -70,6 +70,11 @@ class SurfaceFieldConfig:
     mode: Literal["dual", "sdf"] = "dual"
     """dual: Du-NeRF (the density branch renders and labels the SDF with its view-independent colour);
     sdf: the SDF branch alone renders (the baseline)."""
+    box_margin: float = 0.05
+    """Bounded scenes: the field's box is the scene box grown by this fraction of its longest side on every
+    side, and a shrunk box keeps the same margin around the content. An SDF needs room on both sides of a
+    surface: the built-in scene's box ends 0.05 under its ground, where the SDF branch's inside (density at
+    most ``1 / beta``) cannot reach full opacity (0.7 at beta = 0.04) and the ground came out as blobs."""
     init_radius: float = 0.5
     """The SDF starts as a sphere of this fraction of the box's smallest half-extent, at the box centre."""
     beta_init: float = 0.02
@@ -77,7 +82,7 @@ class SurfaceFieldConfig:
     beta_min_voxels: float = 0.5
     """beta never drops below this many voxels of the current grid: a sharper surface than the render
     step falls between samples (density 1/beta inside, so a step of half a voxel takes 63 % opacity)."""
-    lr_sdf: float = 0.01
+    lr_sdf: float = 0.001
     """Adam learning rate of the SDF grid values, in world units per step, times the box diagonal / 2."""
     eikonal_weight: float = 2.0
     """Measured on the built-in scene (300 steps after a warm start from a 120 s density branch): 0.05 ->
@@ -86,6 +91,10 @@ class SurfaceFieldConfig:
     curvature_weight: float = 5e-4
     coupling_weight: float = 1.0
     """dual mode: weight of the view-independent colour label on the SDF branch."""
+    photo_weight: float = 1.0
+    """dual mode: weight of the SDF branch's own photometric loss ``mean |C_s^full - C_gt|^2``, its weights
+    compositing the full colour (diffuse + view-dependent, through the deferred shading) against the photos
+    (Du-NeRF's L_rgb on the SDF branch). Unlike the coupling this reaches the shared colours too."""
     coupling_opacity_weight: float = 0.0
     """dual mode: weight of ``mean (O_s - sg(O_d))^2``, the density branch's opacity as a label too."""
     coupling_depth_weight: float = 0.0
@@ -95,7 +104,7 @@ class SurfaceFieldConfig:
     the grid box."""
     reg_warmup: float = 0.0
     """Training progress before which the curvature term is off (the eikonal term is always on)."""
-    warm_start_steps: int = 400
+    warm_start_steps: int = 1200
     """dual mode: the SDF is born from the density branch at this step (the signed distance transform of
     its occupied, filled region, see :meth:`SurfaceField.warm_start`); until then only the density branch
     trains and marches. 0: keep the sphere and couple from the first step (measured worse, see
@@ -133,6 +142,9 @@ class SurfaceField(GridField):
             raise ValueError("the surface field has no split decoder (--field.grid.decoder none)")
         if scfg.mode not in ("dual", "sdf"):
             raise ValueError(f"unknown surface mode {scfg.mode!r} (dual, sdf)")
+        if not contraction and scfg.box_margin > 0:
+            pad = scfg.box_margin * float((aabb[1] - aabb[0]).max())
+            aabb = torch.stack([aabb[0] - pad, aabb[1] + pad])
         super().__init__(cfg, aabb, contraction, step_size, pixel_footprint)
         self.scfg = scfg
         box = self.space.box
@@ -198,6 +210,15 @@ class SurfaceField(GridField):
 
     def grids(self) -> list[DenseGrid]:
         return [self.density_grid, self.feature_grid, self.sdf_grid]
+
+    def grow(self, box: torch.Tensor | None = None) -> None:
+        """As the grid field's, but a shrunk ``box`` keeps ``box_margin`` around the content (within the
+        field's box): the inside of a surface on the content box's face must fit in the grid."""
+        if box is not None and not self.space.contraction and self.scfg.box_margin > 0:
+            full = self.space.box.to(box)
+            pad = self.scfg.box_margin * float((full[1] - full[0]).max()) / (1 + 2 * self.scfg.box_margin)
+            box = torch.stack([torch.maximum(box[0] - pad, full[0]), torch.minimum(box[1] + pad, full[1])])
+        super().grow(box)
 
     def grid_lrs(self, lr_density: float, lr_features: float) -> list[float]:
         """Learning rates of :meth:`grids`, in order (the SDF's scales with the box)."""

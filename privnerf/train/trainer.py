@@ -301,7 +301,7 @@ class Trainer:
             mse = torch.mean((out["rgb"] - target) ** 2)
             loss = mse
             if surface:
-                loss = loss + self._surface_terms(out, origins, dirs, settings)
+                loss = loss + self._surface_terms(out, origins, dirs, settings, target)
             if sample_losses and len(out["samples"]) > 0:
                 s, w = out["samples"], out["weights"]
                 n = origins.shape[0]
@@ -327,7 +327,8 @@ class Trainer:
             loss = loss + self._distortion_term(out["weights_global"], out["samples"], settings, origins.shape[0])
         return loss, err.mean(), out
 
-    def _surface_terms(self, out: dict, origins: torch.Tensor, dirs: torch.Tensor, settings) -> torch.Tensor:
+    def _surface_terms(self, out: dict, origins: torch.Tensor, dirs: torch.Tensor, settings,
+                       target: torch.Tensor | None = None) -> torch.Tensor:
         """The surface field's extra loss (:mod:`privnerf.fields.surface_field`): in ``dual`` mode the SDF
         branch rendered from the same samples against the density branch's view-independent colour
         (stopped gradient), then eikonal and curvature terms. Each term lands in ``out["terms"]``."""
@@ -348,6 +349,9 @@ class Trainer:
             terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
             op_s = accumulate(w_s, None, s.ray_idx, n)
             out["opacity_sdf"] = op_s
+            if f.scfg.photo_weight > 0 and target is not None:
+                full = f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs) + (1 - op_s)[:, None] * bg
+                terms["photo_sdf"] = f.scfg.photo_weight * torch.mean((full - target) ** 2)
             op_d = accumulate(w_d, None, s.ray_idx, n)
             if f.scfg.coupling_opacity_weight > 0:
                 terms["coupling_opacity"] = f.scfg.coupling_opacity_weight * torch.mean((op_s - op_d) ** 2)
