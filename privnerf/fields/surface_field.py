@@ -142,11 +142,13 @@ class SurfaceField(GridField):
             raise ValueError("the surface field has no split decoder (--field.grid.decoder none)")
         if scfg.mode not in ("dual", "sdf"):
             raise ValueError(f"unknown surface mode {scfg.mode!r} (dual, sdf)")
-        if not contraction and scfg.box_margin > 0:
-            pad = scfg.box_margin * float((aabb[1] - aabb[0]).max())
+        pad = scfg.box_margin * float((aabb[1] - aabb[0]).max()) if not contraction else 0.0
+        if pad > 0:
             aabb = torch.stack([aabb[0] - pad, aabb[1] + pad])
         super().__init__(cfg, aabb, contraction, step_size, pixel_footprint)
         self.scfg = scfg
+        self.box_pad = pad
+        """World units the box keeps beyond the content on every side (``box_margin`` of the scene box)."""
         box = self.space.box
         g = self.density_grid
         self.sdf_grid = DenseGrid(g.resolution, 1, box, init=0.0)
@@ -214,10 +216,9 @@ class SurfaceField(GridField):
     def grow(self, box: torch.Tensor | None = None) -> None:
         """As the grid field's, but a shrunk ``box`` keeps ``box_margin`` around the content (within the
         field's box): the inside of a surface on the content box's face must fit in the grid."""
-        if box is not None and not self.space.contraction and self.scfg.box_margin > 0:
+        if box is not None and self.box_pad > 0:
             full = self.space.box.to(box)
-            pad = self.scfg.box_margin * float((full[1] - full[0]).max()) / (1 + 2 * self.scfg.box_margin)
-            box = torch.stack([torch.maximum(box[0] - pad, full[0]), torch.minimum(box[1] + pad, full[1])])
+            box = torch.stack([torch.maximum(box[0] - self.box_pad, full[0]), torch.minimum(box[1] + self.box_pad, full[1])])
         super().grow(box)
 
     def grid_lrs(self, lr_density: float, lr_features: float) -> list[float]:

@@ -29,7 +29,7 @@ from privnerf.fields.personal_field import PersonalField
 from privnerf.fields.surface_field import SurfaceField
 from privnerf.render.occupancy import OccupancyGrid
 from privnerf.render.renderer import RenderSettings, render_rays, render_rays_personal
-from privnerf.render.volume import accumulate, distortion_loss, weights_from_density
+from privnerf.render.volume import accumulate, composite, distortion_loss, weights_from_density
 from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text
 from privnerf.train.config import TrainConfig
 from privnerf.train.optim import GridAdam
@@ -342,17 +342,16 @@ class Trainer:
             bg = settings.background.to(values)
             w_d = out["weights"].detach()
             c = values[:, :3].detach()
-            label = accumulate(w_d, c, s.ray_idx, n)
-            label = label + (1 - accumulate(w_d, None, s.ray_idx, n))[:, None] * bg
+            op_d = accumulate(w_d, None, s.ray_idx, n)
+            label = composite(accumulate(w_d, c, s.ray_idx, n), op_d, bg)
             w_s, _ = weights_from_density(f.sdf_density(values[:, -1]), s.delta, s.ray_idx, n)
-            pred = accumulate(w_s, c, s.ray_idx, n) + (1 - accumulate(w_s, None, s.ray_idx, n))[:, None] * bg
-            terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
             op_s = accumulate(w_s, None, s.ray_idx, n)
+            pred = composite(accumulate(w_s, c, s.ray_idx, n), op_s, bg)
+            terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
             out["opacity_sdf"] = op_s
             if f.scfg.photo_weight > 0 and target is not None:
-                full = f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs) + (1 - op_s)[:, None] * bg
+                full = composite(f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs), op_s, bg)
                 terms["photo_sdf"] = f.scfg.photo_weight * torch.mean((full - target) ** 2)
-            op_d = accumulate(w_d, None, s.ray_idx, n)
             if f.scfg.coupling_opacity_weight > 0:
                 terms["coupling_opacity"] = f.scfg.coupling_opacity_weight * torch.mean((op_s - op_d) ** 2)
             if f.scfg.coupling_depth_weight > 0:
