@@ -107,6 +107,7 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     cfg.optim.batch_rays = 256
     cfg.field.grid.num_voxels_start = 32**3
     cfg.field.surface.warm_start_steps = 2
+    cfg.field.surface.warm_start_after_growth = False  # the grid grows only after 48 steps
     t = Trainer(cfg, scene, tmp_path)
     assert len(t.grid_opt.grids) == 3 and t.grid_opt.lrs[2] == pytest.approx(
         cfg.field.surface.lr_sdf * t.field.diagonal / 2)
@@ -128,6 +129,30 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     assert isinstance(back.field, SurfaceField) and back.field.scfg.mode == mode
     assert torch.equal(back.field.sdf_grid.data, t.field.sdf_grid.data)
     assert float(back.field.log_beta) == float(t.field.log_beta)
+
+
+def test_warm_start_waits_for_the_last_growth():
+    from privnerf.data.builtin import make_builtin_scene
+    from privnerf.train.config import TrainConfig
+    from privnerf.train.trainer import Trainer
+
+    scene = make_builtin_scene("train", size=24, n_train=4, n_val=1, n_test=1, supersample=1)
+    cfg = TrainConfig(steps=10)
+    cfg.field.kind = "surface"
+    cfg.optim.batch_rays = 128
+    cfg.field.grid.num_voxels_start = 16**3
+    cfg.field.grid.num_voxels = 24**3
+    cfg.field.grid.grow_at = (0.5,)
+    cfg.render.occ_warmup_steps = 0
+    cfg.field.surface.warm_start_steps = 2
+    t = Trainer(cfg, scene, None)
+    born = None
+    for _ in range(8):
+        t.step()
+        if born is None and t.field.sdf_active:
+            born = t.step_count
+    # grows at step 5 (progress 0.5); the SDF is born in the same maintenance pass, not at step 2
+    assert int(t.field.grow_count) == 1 and born == 6
 
 
 def test_coupling_moves_only_the_sdf():
@@ -185,3 +210,35 @@ def test_surface_box_has_room_under_the_scene_box():
     f.grow(torch.tensor([[-0.5, -0.5, 0.0], [0.5, 0.5, 0.5]]))
     assert torch.allclose(f.density_grid.aabb, torch.tensor([[-0.6, -0.6, -0.1], [0.6, 0.6, 0.6]]), atol=1e-5)
     assert torch.equal(f.sdf_grid.aabb, f.density_grid.aabb)
+
+
+def test_seen_empty_covers_every_point_in_front_of_the_surface():
+    """Grid points between the (sparse) lattice rays count too, and nothing behind an opaque block does."""
+    from privnerf.data.builtin import make_builtin_scene
+    from privnerf.data.cameras import project_points
+    from privnerf.train.config import TrainConfig
+    from privnerf.train.trainer import Trainer
+
+    scene = make_builtin_scene("train", size=32, n_train=4, n_val=1, n_test=1, supersample=1)
+    cfg = TrainConfig(steps=1)
+    cfg.field.grid.num_voxels_start = 40**3
+    t = Trainer(cfg, scene, None)
+    g = t.field.density_grid
+    pts = SurfaceField._grid_points(g).reshape(-1, 3)
+    with torch.no_grad():
+        g.data.fill_(-30.0)  # empty everywhere
+    seen = t.seen_empty(g, rays_per_view=16).reshape(-1)  # 4 x 4 rays per view: far sparser than the grid
+    u, v, z = project_points(torch.from_numpy(scene.c2w[0]).float(), scene.intrinsics[0], pts)
+    h, w = scene.hw(0)
+    visible = ((u >= 0) & (u < w) & (v >= 0) & (v < h) & (z > t.near)).numpy()
+    assert visible.sum() > 1000 and seen[visible].all()
+    # an opaque block at the centre: its inside is never seen empty
+    centre = (g.aabb[0] + g.aabb[1]) / 2
+    half = 0.15 * float((g.aabb[1] - g.aabb[0]).min())
+    block = ((pts - centre).abs() <= half).all(-1).reshape(*g.resolution, 1)
+    with torch.no_grad():
+        g.data.copy_(torch.where(block, torch.tensor(30.0), torch.tensor(-30.0)))
+    seen = t.seen_empty(g, rays_per_view=1024).reshape(-1)  # a lattice ray per pixel: the block is 3-4 px wide
+    core = ((pts - centre).abs() <= 0.6 * half).all(-1)
+    assert core.any() and not seen[core.numpy()].any()
+    assert seen[visible].mean() > 0.5
