@@ -155,6 +155,13 @@ def test_warm_start_waits_for_the_last_growth():
     assert int(t.field.grow_count) == 1 and born == 6
 
 
+def test_negative_box_margin_is_an_error():
+    from privnerf.fields.grid_field import GridFieldConfig
+
+    with pytest.raises(ValueError, match="box-margin"):
+        SurfaceField(GridFieldConfig(), SurfaceFieldConfig(box_margin=-0.1), torch.tensor([[-1.] * 3, [1.] * 3]), False, 0.02)
+
+
 def test_coupling_moves_only_the_sdf():
     """In dual mode the coupling term's gradient reaches the SDF grid and beta, never the colours."""
     from privnerf.data.builtin import make_builtin_scene

@@ -148,6 +148,8 @@ class SurfaceField(GridField):
             raise ValueError("the surface field has no split decoder (--field.grid.decoder none)")
         if scfg.mode not in ("dual", "sdf"):
             raise ValueError(f"unknown surface mode {scfg.mode!r} (dual, sdf)")
+        if not scfg.box_margin >= 0:
+            raise ValueError(f"--field.surface.box-margin must be >= 0 (a fraction of the box's longest side), got {scfg.box_margin}")
         pad = scfg.box_margin * float((aabb[1] - aabb[0]).max()) if not contraction else 0.0
         if pad > 0:
             aabb = torch.stack([aabb[0] - pad, aabb[1] + pad])
