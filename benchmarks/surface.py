@@ -242,8 +242,12 @@ def main() -> int:
                    help="lego: keep these fields' finished runs when their config is the same (e.g. after a "
                    "failure in the mesh step, or to rerun only the surface field after a code change)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench-surface")
-    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="default: benchmarks/results, or outputs/surface-ablation with --train-args (an ablation "
+                   "must not overwrite the committed figures)")
     a = p.parse_args()
+    if a.results_dir is None:
+        a.results_dir = ROOT / ("outputs/surface-ablation" if a.train_args else "benchmarks/results")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     for case in (["builtin", "lego"] if a.only is None else [a.only]):
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
