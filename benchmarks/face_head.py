@@ -55,6 +55,23 @@ def crop_cone(mesh, centre: np.ndarray, direction: np.ndarray, cone_deg: float):
     return m
 
 
+def same_run(out: Path, cfg, spec) -> bool:
+    """Whether ``out`` holds a finished run of ``cfg`` (and, for a run with σ views, of operator ``spec``)."""
+    from privnerf.face.train import effective_config
+    from privnerf.train.trainer import config_to_dict
+
+    if not all((out / f).exists() for f in ("results.json", "mesh.ply", "config.json")):
+        return False
+    stored = json.loads((out / "config.json").read_text())
+    # run_face stores the effective config; before 2026-12-06 it stored the config as given
+    if stored not in [json.loads(json.dumps(config_to_dict(c))) for c in (effective_config(cfg), cfg)]:
+        return False
+    if spec is None:
+        return True
+    op = out / "operator.json"
+    return op.exists() and json.loads(op.read_text()) == spec.to_dict()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=None)
@@ -67,6 +84,10 @@ def main() -> int:
     p.add_argument("--max-voxels", type=int, default=128**3,
                    help="grid size cap (the engine's default, 256^3, makes a head step several times slower)")
     p.add_argument("--runs", nargs="+", default=["full", "rear-only", "obscured"])
+    p.add_argument("--reuse", nargs="+", default=[], choices=["full", "rear-only", "obscured"],
+                   help="keep these finished runs when their settings (and, for obscured, the operator) are the same")
+    p.add_argument("--grad-weight", type=float, default=1.0, help="stage 2's σ loss weight")
+    p.add_argument("--lipschitz-weight", type=float, default=0.1, help="stage 2's Lipschitz weight")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "face-head")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     a = p.parse_args()
@@ -98,12 +119,18 @@ def main() -> int:
     for name in a.runs:
         scene, sens, n1, n2 = plans[name]
         out = a.out / name
-        shutil.rmtree(out, ignore_errors=True)
         cfg = FaceTrainConfig(stage1_steps=n1, stage2_steps=n2, mesh_resolution=a.resolution, quiet=True,
+                              grad_weight=a.grad_weight, lipschitz_weight=a.lipschitz_weight,
                               train=_default_train_config())
         cfg.train.field.grid.max_voxels = a.max_voxels
-        print(f"=== {name}: {n1} + {n2} steps, {scene.num_views} RGB views, {len(sens)} σ views ===", flush=True)
-        res = run_face(cfg, scene, sens, obs.spec, out, name)
+        if name in a.reuse and same_run(out, cfg, obs.spec if sens else None):
+            print(f"=== {name}: reusing the finished run in {out} ===", flush=True)
+            res = json.loads((out / "results.json").read_text())
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"=== {name}: {n1} + {n2} steps, {scene.num_views} RGB views, {len(sens)} σ views ===", flush=True)
+            res = run_face(cfg, scene, sens, obs.spec, out, name)
+            atomic_write_text(out / "operator.json", json.dumps(obs.spec.to_dict()) + "\n")
         res.pop("history", None)
         runs[name] = res
         print(json.dumps({k: v for k, v in res.items() if k not in ("mesh_info", "last")}, default=float), flush=True)

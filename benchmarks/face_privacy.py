@@ -106,8 +106,9 @@ def main() -> int:
     p.add_argument("--views", type=int, default=0, help="most frontal sensitive views scored (0 = all sensitive)")
     p.add_argument("--raw-views", type=int, default=0, help="raw views run through the detectors (0 = all; "
                    "else evenly spaced, for smoke runs)")
-    p.add_argument("--blur", type=float, default=2.0)
-    p.add_argument("--levels", type=int, default=16)
+    p.add_argument("--blur", type=float, default=OperatorSpec().blur_sigma)
+    p.add_argument("--levels", type=int, default=OperatorSpec().levels, help="gradmag's quantisation levels")
+    p.add_argument("--signed-levels", type=int, default=4, help="signed's levels (2 would keep only one sign)")
     p.add_argument("--clip", type=float, default=OperatorSpec().clip)
     p.add_argument("--threshold", type=float, default=0.6, help="verification distance threshold")
     p.add_argument("--inverse-steps", type=int, default=1000)
@@ -179,7 +180,7 @@ def main() -> int:
     timings["inverse_data_s"] = time.time() - t0
     models, train_info = {}, {}
     for name in OPERATORS:
-        spec = OperatorSpec(name, a.blur, a.levels, a.clip)
+        spec = OperatorSpec(name, a.blur, a.levels if name == "gradmag" else a.signed_levels, a.clip)
         t0 = time.time()
         models[name] = fa.train_inverse(spec, train_imgs, steps=a.inverse_steps, seed=a.seed,
                                         batch=a.inverse_batch, quiet=a.quiet)
@@ -210,7 +211,7 @@ def main() -> int:
         rows["constant_grey"].append(base | quality(const, gt, m))
         fig = {"raw": scene.images[i], "constant": const, "mask": m}
         for name in OPERATORS:
-            spec = OperatorSpec(name, a.blur, a.levels, a.clip)
+            spec = OperatorSpec(name, a.blur, a.levels if name == "gradmag" else a.signed_levels, a.clip)
             codes = obscure(spec, scene.images[i])
             pv = preview(spec, codes)
             rows[f"sigma_{name}"].append(base | score_image(pv, msk, others, a.threshold))
@@ -262,7 +263,7 @@ def main() -> int:
         "machine": machine(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "data": str(root),
-        "operator": {"blur_sigma": a.blur, "levels": a.levels, "clip": a.clip},
+        "operator": {"blur_sigma": a.blur, "levels": a.levels, "signed_levels": a.signed_levels, "clip": a.clip},
         "detector_protocol": {"crop": "mask box + 10% of its height", "heights": list(fa.HEAD_HEIGHTS),
                               "upsample": 1, "embeddings": "CNN faces else HOG faces, 5-point chips"},
         "face_direction": fdir.tolist(),

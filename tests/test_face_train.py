@@ -43,7 +43,7 @@ def test_patches_carry_the_sigma_of_their_own_pixels():
 
 
 def test_gradient_loss_is_zero_on_the_source_and_grows_with_error():
-    spec = OperatorSpec("signed", levels=256)
+    spec = OperatorSpec("signed", blur_sigma=2.0, levels=256)  # margin 7 px on a 24 px patch
     img = torch.rand(1, 3, 24, 24)
     target = dequantize(spec, quantize(spec, apply_operator(spec, to_gray(img, channel_axis=1, keepdim=True))))
     m = 7
@@ -108,3 +108,26 @@ def test_bad_input_fails_clearly(tmp_path, capsys):
     (run / "keep.txt").write_text("x")
     assert main(["face", "train", "--data", str(obs), "--output", str(run), "--stage1-steps", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+@needs_head
+def test_face_train_checkpoints_and_resumes(tmp_path, capsys):
+    from privnerf.cli.main import main
+
+    obs = tmp_path / "obs"
+    assert main(["face", "obscure", "--data", str(HEAD), "--out", str(obs), "--face-direction=-0.768,0.612,0.191"]) == 0
+    run = tmp_path / "run"
+    flags = ["--data", str(obs), "--output", str(run), "--stage1-steps", "2", "--stage2-steps", "2", "--patches", "2",
+             "--mesh-resolution", "24", "--quiet", "--threads", "2"]
+    assert main(["face", "train", *flags]) == 0
+    face = torch.load(run / "checkpoints" / "face.pt", weights_only=False)
+    assert face["step"] == 4 and face["s1_grid"] is not None  # stage 2's reference survives a restart
+    # the same folder without --resume is refused; with other settings too; with the same flags it continues
+    assert main(["face", "train", *flags]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["face", "train", *flags[:-5], "--mesh-resolution", "32", "--quiet", "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(["face", "train", *flags, "--resume"]) == 0
+    import json
+
+    assert json.loads((run / "results.json").read_text())["steps"] == 4

@@ -1,6 +1,6 @@
 """``privnerf face obscure|train``: Identity-Obscured NeRF (privacy-preserving head reconstruction).
 
-* ``privnerf face obscure --data HEAD --out DIR [--operator gradmag|signed] [--blur 2.0] [--levels 16]
+* ``privnerf face obscure --data HEAD --out DIR [--operator gradmag|signed] [--blur 4.0] [--levels 2|4]
   [--clip 0.05] [--face-direction X,Y,Z | auto] [--neutral-angle 90] [--factor 8] [--overwrite] [--quiet]``:
   the person's side: neutral views keep RGB, sensitive views only σ codes (:mod:`privnerf.face.obscure`
   documents DIR).
@@ -29,8 +29,10 @@ def _obscure(argv: list[str]) -> int:
                    help="masked LLFF head folder (poses_bounds.npy, images_8/, masks_8/)")
     p.add_argument("--out", type=Path, required=True, help="output folder DIR (must not exist or be empty)")
     p.add_argument("--operator", default="gradmag", help=f"σ: one of {', '.join(OPERATORS)} (default gradmag)")
-    p.add_argument("--blur", type=float, default=2.0, help="Gaussian blur sigma in pixels (default 2.0)")
-    p.add_argument("--levels", type=int, default=16, help="quantisation levels, 2..256 (default 16)")
+    p.add_argument("--blur", type=float, default=OperatorSpec().blur_sigma,
+                   help=f"Gaussian blur sigma in pixels (default {OperatorSpec().blur_sigma:g})")
+    p.add_argument("--levels", type=int, default=None,
+                   help="quantisation levels, 2..256 (default: gradmag 2, signed 4)")
     p.add_argument("--clip", type=float, default=OperatorSpec().clip,
                    help="gradient (grey levels per pixel) mapped to the top of the range (default %(default)s)")
     p.add_argument("--face-direction", default="auto",

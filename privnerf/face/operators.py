@@ -33,14 +33,19 @@ Quantisation (irreversible, :func:`quantize` / :func:`dequantize`)
   ``code = round(clip01(x) * (levels - 1))``, ``value = code / (levels - 1)``.
 * ``"signed"``: per component, ``h = levels // 2``, step ``1 / h``, ``code = h + round(x * h)`` clipped to
   ``0 .. levels-1``, ``value = (code - h) / h``. The range is ``[-1, (levels - 1 - h) / h]``: for even
-  ``levels`` (default 16) it is ``[-1, 7/8]``: one step less on the positive side, so that zero stays exact.
+  ``levels`` it is ``[-1, (h - 1) / h]`` (16 levels: ``[-1, 7/8]``): one step less on the positive side, so
+  that zero stays exact.
 
 Within the range the round trip ``dequantize(quantize(x))`` is off by at most half a step; values beyond
-saturate. With the defaults (``blur_sigma = 2``, ``levels = 16``, ``clip = 0.05``) a gradmag step is
-0.0033 grey levels per pixel: the blur removes fine texture, the 16 levels the smooth shading (absolute
-intensity, colour and, for gradmag, gradient orientation are gone). ``clip = 0.05`` lies between the 95th
-(0.037) and 99th (0.061) percentiles of the blurred (sigma 2) gradient magnitude inside the head mask of the
-Ethiopian head (500 px views composited on black, silhouette edge included; median 0.0054).
+saturate. ``clip = 0.05`` lies between the 95th (0.037) and 99th (0.061) percentiles of the blurred (sigma 2)
+gradient magnitude inside the head mask of the Ethiopian head (500 px views composited on black, silhouette
+edge included; median 0.0054).
+
+The defaults (``blur_sigma = 4``, ``levels = 2``, ``clip = 0.05``) were chosen by the face recognition attack
+(docs/face.md, "Choosing σ"): with 2 levels a gradmag code says only whether the blurred gradient exceeds half
+of ``clip`` (0.025 grey levels per pixel), a binary edge map of structures wider than the 4 px blur. On the
+6 most frontal views of the Ethiopian head, dlib found a face in none of those σ images, where the former
+defaults (blur 2, 16 levels) gave a face on 3 and all 3 verified as the subject at 0.6.
 
 Patches: the blur and the differences see ``margin(spec) = r + 1`` pixels on each side, so σ of a rendered
 patch equals σ of the full image (what the codes hold) only at least ``margin(spec)`` pixels inside the
@@ -59,6 +64,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "OPERATORS",
+    "DEFAULT_LEVELS",
     "GRAD_EPS",
     "OperatorSpec",
     "to_gray",
@@ -74,6 +80,10 @@ __all__ = [
 #: Known operators: gradient magnitude (1 channel) and the signed gradient pair (2 channels).
 OPERATORS = ("gradmag", "signed")
 
+#: Quantisation levels when none are given: a binary edge map for gradmag (the default operator, chosen by the
+#: face recognition attack, docs/face.md), and -1 / -0.5 / 0 / 0.5 for each signed component.
+DEFAULT_LEVELS = {"gradmag": 2, "signed": 4}
+
 #: ``eps`` under the square root of "gradmag", in (grey levels per pixel)^2.
 GRAD_EPS = 1e-8
 
@@ -88,14 +98,15 @@ class OperatorSpec:
     Attributes:
         name: one of :data:`OPERATORS`.
         blur_sigma: Gaussian blur standard deviation in pixels (>= 0; 0 = no blur).
-        levels: number of quantisation levels (2..256).
+        levels: number of quantisation levels (2..256; signed: 3..256, two levels would keep one sign only);
+            ``None``: the operator's default, :data:`DEFAULT_LEVELS`.
         clip: gradient (grey levels per pixel, image in [0, 1]) mapped to 1.0; the normalisation constant and
             the quantisation range (see the module docstring).
     """
 
     name: str = "gradmag"
-    blur_sigma: float = 2.0
-    levels: int = 16
+    blur_sigma: float = 4.0
+    levels: int | None = None
     clip: float = 0.05
 
     def __post_init__(self) -> None:
@@ -104,7 +115,11 @@ class OperatorSpec:
         sig = self.blur_sigma
         if isinstance(sig, bool) or not (isinstance(sig, (int, float)) and math.isfinite(sig) and sig >= 0):
             raise ValueError(f"blur_sigma must be a finite number >= 0, got {self.blur_sigma!r}")
+        if self.levels is None:
+            object.__setattr__(self, "levels", DEFAULT_LEVELS[self.name])
         lv = self.levels
+        if self.name == "signed" and isinstance(lv, (int, np.integer)) and lv == 2:
+            raise ValueError("signed needs at least 3 levels (with 2 only negative gradients survive)")
         if isinstance(lv, bool) or not isinstance(lv, (int, np.integer)) or not 2 <= lv <= 256:
             raise ValueError(f"levels must be an integer in 2..256, got {self.levels!r}")
         if not (isinstance(self.clip, (int, float)) and math.isfinite(self.clip) and self.clip > 0):

@@ -28,6 +28,7 @@ Example (two stages, then export)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -44,7 +45,7 @@ from privnerf.fields.encoding import DenseGrid
 from privnerf.fields.surface_field import SurfaceField
 from privnerf.render.renderer import render_rays
 from privnerf.render.volume import accumulate, weights_from_density
-from privnerf.train.checkpoint import atomic_write_text
+from privnerf.train.checkpoint import atomic_torch_save, atomic_write_text, latest_checkpoint
 from privnerf.train.config import TrainConfig
 from privnerf.train.trainer import Trainer, config_to_dict, set_threads, write_results
 
@@ -156,6 +157,18 @@ def _sdf_branch(field: SurfaceField, out: dict, n: int, bg: torch.Tensor) -> tup
     return accumulate(w_s, values[:, :3].detach(), s.ray_idx, n) + (1 - op)[:, None] * bg, op
 
 
+def effective_config(cfg: FaceTrainConfig) -> FaceTrainConfig:
+    """A copy of ``cfg`` as the face trainer runs it (what ``config.json`` holds): the core trainer's steps are
+    the two stages', and the SDF is born (from the density branch) inside stage 1, at most half-way, so that
+    stage 2's Lipschitz reference is the stage-1 surface and not the initial sphere (measured otherwise on the
+    head: see docs/face.md)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.steps = cfg.stage1_steps + cfg.stage2_steps
+    sc = cfg.train.field.surface
+    sc.warm_start_steps = min(sc.warm_start_steps, max(cfg.stage1_steps // 2, 1))
+    return cfg
+
+
 class FaceTrainer:
     """Runs the two stages on top of :class:`~privnerf.train.trainer.Trainer` (its loss, step and
     optimizers; this adds the mask and σ terms through ``compute_loss`` / ``apply_loss``)."""
@@ -163,13 +176,7 @@ class FaceTrainer:
     def __init__(self, cfg: FaceTrainConfig, neutral: Scene, sensitive: list, spec, run_dir: Path | None):
         if cfg.train.field.kind != "surface":
             raise ValueError("face training needs the surface field (--train.field.kind surface)")
-        self.cfg = cfg
-        steps = cfg.stage1_steps + cfg.stage2_steps
-        cfg.train.steps = steps
-        # the SDF must be born (from the density branch) inside stage 1, so that stage 2's Lipschitz reference is
-        # the stage-1 surface and not the initial sphere (measured otherwise on the head: see docs/face.md)
-        sc = cfg.train.field.surface
-        sc.warm_start_steps = min(sc.warm_start_steps, max(cfg.stage1_steps // 2, 1))
+        self.cfg = cfg = effective_config(cfg)  # the caller's config stays as given
         self.trainer = Trainer(cfg.train, neutral, run_dir)
         self.pixels = MaskedPixels(neutral)
         self.spec = spec
@@ -259,12 +266,40 @@ class FaceTrainer:
     def spec_margin(self) -> int:
         return int(math.ceil(3 * float(getattr(self.spec, "blur_sigma", 0.0)))) + 1
 
+    def save_checkpoint(self) -> None:
+        """The core trainer's checkpoint plus ``checkpoints/face.pt``: stage 2's Lipschitz reference (the
+        stage-1 SDF) and the loss history."""
+        t = self.trainer
+        ref = None if self.s1_grid is None else {"data": self.s1_grid.data.detach().cpu(), "aabb": self.s1_grid.aabb.cpu()}
+        atomic_torch_save({"step": t.step_count, "s1_grid": ref, "history": self.history},
+                          t.run_dir / "checkpoints" / "face.pt")
+        t.save_checkpoint()
+
+    def resume(self) -> bool:
+        """Continue from the run folder's checkpoint, if it has one; returns whether it did."""
+        t = self.trainer
+        ckpt = latest_checkpoint(t.run_dir) if t.run_dir is not None else None
+        if ckpt is None:
+            return False
+        t.load_checkpoint(ckpt)
+        extra = t.run_dir / "checkpoints" / "face.pt"
+        if extra.exists():
+            st = torch.load(extra, map_location="cpu", weights_only=False)
+            self.history = list(st.get("history", []))
+            ref = st.get("s1_grid")
+            if ref is not None:
+                g = self.field.sdf_grid
+                self.s1_grid = DenseGrid(tuple(ref["data"].shape[:3]), 1, ref["aabb"].to(g.aabb))
+                self.s1_grid.data = torch.nn.Parameter(ref["data"].to(g.data), requires_grad=False)
+        return True
+
     def train(self) -> dict:
         t = self.trainer
         total = t.cfg.steps
         bar = tqdm(total=total, initial=t.step_count, disable=self.cfg.quiet, desc="face train", dynamic_ncols=True)
         stats: dict = {}
         t_start = time.perf_counter()
+        last_ckpt = time.perf_counter()
         while t.step_count < total:
             t0 = time.perf_counter()
             stats = self.step()
@@ -274,22 +309,36 @@ class FaceTrainer:
                                 **{k: f"{v:.3g}" for k, v in stats.items() if k in ("grad", "mask", "eikonal")})
                 self.history.append({"step": t.step_count, **{k: v for k, v in stats.items()}})
             bar.update(1)
+            if t.run_dir is not None and time.perf_counter() - last_ckpt > t.cfg.checkpoint_every_s:
+                self.save_checkpoint()
+                last_ckpt = time.perf_counter()
         bar.close()
         if t.run_dir is not None:
-            t.save_checkpoint()
+            self.save_checkpoint()
         return {"steps": t.step_count, "train_time_s": t.train_time, "wall_s": time.perf_counter() - t_start,
                 "last": stats, "beta": float(self.field.beta.detach())}
 
 
-def run_face(cfg: FaceTrainConfig, neutral: Scene, sensitive: list, spec, out_dir: Path, label: str) -> dict:
-    """Train, export the mesh, write ``results.json``; the shared entry of the CLI and the benchmark."""
+def run_face(cfg: FaceTrainConfig, neutral: Scene, sensitive: list, spec, out_dir: Path, label: str,
+             resume: bool = False) -> dict:
+    """Train (or, with ``resume``, continue the checkpoint in ``out_dir``), export the mesh, write
+    ``results.json``; the shared entry of the CLI and the benchmark."""
     from privnerf.export.mesh import mesh_from_run, write_mesh
 
     set_threads(cfg.train.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     ft = FaceTrainer(cfg, neutral, sensitive, spec, out_dir)
+    stored = out_dir / "config.json"
+    mine = json.loads(json.dumps(config_to_dict(ft.cfg)))
+    if resume and latest_checkpoint(out_dir) is not None:
+        if stored.exists() and json.loads(stored.read_text()) != mine:
+            raise ValueError(f"{stored}: the run was started with other settings; resume it with the same flags")
+        ft.resume()
+        if not cfg.quiet:
+            print(f"resumed {out_dir} at step {ft.trainer.step_count}")
+    else:
+        atomic_write_text(stored, json.dumps(mine, indent=2) + "\n")
     res = ft.train()
     mesh, info = mesh_from_run(out_dir, resolution=cfg.mesh_resolution)
     write_mesh(mesh, out_dir / "mesh.ply")
@@ -316,9 +365,11 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --output (same flags)")
     a = p.parse_args(argv)
-    if a.output.exists() and any(a.output.iterdir()):
-        raise FileExistsError(f"{a.output}: exists and is not empty; choose another --output")
+    if a.output.exists() and any(a.output.iterdir()) and not (a.resume and latest_checkpoint(a.output)):
+        raise FileExistsError(f"{a.output}: exists and is not empty; choose another --output"
+                              + ("" if a.resume else " (or --resume to continue its checkpoint)"))
     data = load_obscured(a.data)
     cfg = FaceTrainConfig(stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, patches=a.patches, patch=a.patch,
                           mesh_resolution=a.mesh_resolution, mask_weight=a.mask_weight, grad_weight=a.grad_weight,
@@ -328,6 +379,6 @@ def cli(argv: list[str]) -> int:
     cfg.train.seed = a.seed
     cfg.train.threads = a.threads
     res = run_face(cfg, data.neutral, data.sensitive, data.spec, a.output,
-                   "rear-only" if a.stage2_steps == 0 else "obscured")
+                   "rear-only" if a.stage2_steps == 0 else "obscured", resume=a.resume)
     print(f"{res['label']}: {res['steps']} steps in {res['train_time_s']:.0f}s; mesh {res['mesh']}")
     return 0
