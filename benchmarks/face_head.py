@@ -120,8 +120,9 @@ def main() -> int:
         scene, sens, n1, n2 = plans[name]
         out = a.out / name
         cfg = FaceTrainConfig(stage1_steps=n1, stage2_steps=n2, mesh_resolution=a.resolution, quiet=True,
-                              grad_weight=a.grad_weight, lipschitz_weight=a.lipschitz_weight,
                               train=_default_train_config())
+        if n2 > 0:  # stage 2's weights: runs without it keep the defaults (and stay reusable)
+            cfg.grad_weight, cfg.lipschitz_weight = a.grad_weight, a.lipschitz_weight
         cfg.train.field.grid.max_voxels = a.max_voxels
         if name in a.reuse and same_run(out, cfg, obs.spec if sens else None):
             print(f"=== {name}: reusing the finished run in {out} ===", flush=True)
