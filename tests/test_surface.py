@@ -108,6 +108,7 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     cfg.field.grid.num_voxels_start = 32**3
     cfg.field.surface.warm_start_steps = 2
     cfg.field.surface.warm_start_after_growth = False  # the grid grows only after 48 steps
+    cfg.field.surface.coupling_until = 1.0  # coupled to the end
     t = Trainer(cfg, scene, tmp_path)
     assert len(t.grid_opt.grids) == 3 and t.grid_opt.lrs[2] == pytest.approx(
         cfg.field.surface.lr_sdf * t.field.diagonal / 2)
@@ -162,6 +163,29 @@ def test_negative_box_margin_is_an_error():
         SurfaceField(GridFieldConfig(), SurfaceFieldConfig(box_margin=-0.1), torch.tensor([[-1.] * 3, [1.] * 3]), False, 0.02)
 
 
+def test_coupling_switches_off_at_coupling_until():
+    from privnerf.data.builtin import make_builtin_scene
+    from privnerf.train.config import TrainConfig
+    from privnerf.train.trainer import Trainer
+
+    scene = make_builtin_scene("train", size=24, n_train=4, n_val=1, n_test=1, supersample=1)
+    cfg = TrainConfig(steps=10)
+    cfg.field.kind = "surface"
+    cfg.optim.batch_rays = 128
+    cfg.field.grid.num_voxels_start = 16**3
+    cfg.field.surface.warm_start_steps = 0
+    cfg.field.surface.coupling_until = 0.3
+    t = Trainer(cfg, scene, None)
+    seen = []
+    for _ in range(6):
+        t.maintenance()
+        b = t.sample_batch()
+        loss, mse, out = t.compute_loss(b)
+        seen.append("coupling" in out["terms"])
+        t.apply_loss(loss, mse, out, b[0].shape[0])
+    assert seen == [True, True, True, False, False, False]  # progress 0, 0.1, 0.2 on; 0.3 on off
+
+
 def test_coupling_moves_only_the_sdf():
     """In dual mode the coupling term's gradient reaches the SDF grid and beta, never the colours."""
     from privnerf.data.builtin import make_builtin_scene
@@ -177,6 +201,7 @@ def test_coupling_moves_only_the_sdf():
     cfg.optim.batch_rays = 256
     cfg.optim.distortion_weight = 0.0
     cfg.field.surface.warm_start_steps = 0
+    cfg.field.surface.coupling_until = 1.0
     t = Trainer(cfg, scene)
     for _ in range(3):
         t.step()

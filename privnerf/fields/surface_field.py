@@ -91,6 +91,11 @@ class SurfaceFieldConfig:
     curvature_weight: float = 5e-4
     coupling_weight: float = 1.0
     """dual mode: weight of the view-independent colour label on the SDF branch."""
+    coupling_until: float = 0.45
+    """dual mode: training progress (0..1) from which the coupling is off (1: always on). The coupling keeps
+    floaters out of the SDF early and later pulls it toward the density branch's half-transparent surfaces.
+    Built-in scene, 600 s (the SDF born at 0.3): always on, F-score at 1 % 0.45; off from 0.45, 0.74
+    (docs/surface.md, "Third round")."""
     photo_weight: float = 1.0
     """dual mode: weight of the SDF branch's own photometric loss ``mean |C_s^full - C_gt|^2``, its weights
     compositing the full colour (diffuse + view-dependent, through the deferred shading) against the photos

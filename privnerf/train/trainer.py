@@ -370,7 +370,8 @@ class Trainer:
             w_s, _ = weights_from_density(f.sdf_density(values[:, -1]), s.delta, s.ray_idx, n)
             op_s = accumulate(w_s, None, s.ray_idx, n)
             pred = composite(accumulate(w_s, c, s.ray_idx, n), op_s, bg)
-            terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
+            if self.progress() < f.scfg.coupling_until:
+                terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
             out["opacity_sdf"] = op_s
             if f.scfg.photo_weight > 0 and target is not None:
                 full = composite(f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs), op_s, bg)
