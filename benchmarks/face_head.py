@@ -124,7 +124,10 @@ def main() -> int:
         if n2 > 0:  # stage 2's weights: runs without it keep the defaults (and stay reusable)
             cfg.grad_weight, cfg.lipschitz_weight = a.grad_weight, a.lipschitz_weight
         cfg.train.field.grid.max_voxels = a.max_voxels
-        if name in a.reuse and same_run(out, cfg, obs.spec if sens else None):
+        if name in a.reuse:
+            if not same_run(out, cfg, obs.spec if sens else None):
+                raise SystemExit(f"{out}: no finished run with these settings to reuse (--reuse {name}); "
+                                 "drop it from --reuse to train it again")
             print(f"=== {name}: reusing the finished run in {out} ===", flush=True)
             res = json.loads((out / "results.json").read_text())
         else:

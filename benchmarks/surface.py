@@ -192,7 +192,10 @@ def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, t
         cfg = config(kind, "dual" if kind == "surface" else None, str(lego), seconds, out, train_args,
                      background="white", eval_max_images=eval_views)
         done = out / "results.json"
-        if kind in reuse and done.exists() and same_config(out / "config.json", cfg):
+        if kind in reuse:
+            if not (done.exists() and same_config(out / "config.json", cfg)):
+                raise SystemExit(f"{out}: no finished run with these settings to reuse (--reuse {kind}); "
+                                 "drop it from --reuse to train it again")
             print(f"\n=== lego: {kind}: reusing the finished run in {out} ===", flush=True)
             res = json.loads(done.read_text())
         else:

@@ -127,7 +127,12 @@ def test_face_train_checkpoints_and_resumes(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["face", "train", *flags[:-5], "--mesh-resolution", "32", "--quiet", "--resume"]) == 2
     assert "other settings" in capsys.readouterr().err
+    before = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"]
+    grid_before = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["field"]["sdf_grid.data"]
     assert main(["face", "train", *flags, "--resume"]) == 0
+    after = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    # it continued the finished run (nothing left to train), not a fresh one from the sphere
+    assert before == after["step"] == 4 and torch.equal(grid_before, after["field"]["sdf_grid.data"])
     import json
 
     assert json.loads((run / "results.json").read_text())["steps"] == 4

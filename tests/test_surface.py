@@ -132,7 +132,8 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     assert float(back.field.log_beta) == float(t.field.log_beta)
 
 
-def test_warm_start_waits_for_the_last_growth():
+def _tiny_surface_trainer(set_up):
+    """A 10-step surface-field trainer on a 24 px built-in scene; ``set_up(cfg)`` adjusts the config."""
     from privnerf.data.builtin import make_builtin_scene
     from privnerf.train.config import TrainConfig
     from privnerf.train.trainer import Trainer
@@ -142,11 +143,18 @@ def test_warm_start_waits_for_the_last_growth():
     cfg.field.kind = "surface"
     cfg.optim.batch_rays = 128
     cfg.field.grid.num_voxels_start = 16**3
-    cfg.field.grid.num_voxels = 24**3
-    cfg.field.grid.grow_at = (0.5,)
-    cfg.render.occ_warmup_steps = 0
-    cfg.field.surface.warm_start_steps = 2
-    t = Trainer(cfg, scene, None)
+    set_up(cfg)
+    return Trainer(cfg, scene, None)
+
+
+def test_warm_start_waits_for_the_last_growth():
+    def set_up(cfg):
+        cfg.field.grid.num_voxels = 24**3
+        cfg.field.grid.grow_at = (0.5,)
+        cfg.render.occ_warmup_steps = 0
+        cfg.field.surface.warm_start_steps = 2
+
+    t = _tiny_surface_trainer(set_up)
     born = None
     for _ in range(8):
         t.step()
@@ -164,18 +172,11 @@ def test_negative_box_margin_is_an_error():
 
 
 def test_coupling_switches_off_at_coupling_until():
-    from privnerf.data.builtin import make_builtin_scene
-    from privnerf.train.config import TrainConfig
-    from privnerf.train.trainer import Trainer
+    def set_up(cfg):
+        cfg.field.surface.warm_start_steps = 0
+        cfg.field.surface.coupling_until = 0.3
 
-    scene = make_builtin_scene("train", size=24, n_train=4, n_val=1, n_test=1, supersample=1)
-    cfg = TrainConfig(steps=10)
-    cfg.field.kind = "surface"
-    cfg.optim.batch_rays = 128
-    cfg.field.grid.num_voxels_start = 16**3
-    cfg.field.surface.warm_start_steps = 0
-    cfg.field.surface.coupling_until = 0.3
-    t = Trainer(cfg, scene, None)
+    t = _tiny_surface_trainer(set_up)
     seen = []
     for _ in range(6):
         t.maintenance()

@@ -116,10 +116,9 @@ class SurfaceFieldConfig:
     docs/surface.md)."""
     warm_start_after_growth: bool = True
     """dual mode: the warm start also waits until the grid has made its last growth (``grow_at``), so the SDF
-    is born at the final resolution from a density branch trained there. In a 600 s run on the built-in
-    scene the last growth comes at 180 s, long after step 1200 (~80 s): an SDF born on the coarse grid and
-    upsampled twice lost most of the ground (F-score at 1 % 0.47 against 0.80 in 150 s runs, where the
-    growth ends before step 1200); see docs/surface.md, "Third round"."""
+    is born at the final resolution from a density branch trained there (in a 600 s run the last growth
+    comes at 180 s, long after step 1200). It did not by itself keep the built-in ground in long runs (F-score
+    at 1 % 0.45 at 600 s against 0.47 without it); ``coupling_until`` did (docs/surface.md, "Third round")."""
     warm_start_alpha: float = 0.02
     """Opacity over the first render step above which a voxel of the density branch counts as occupied (the
     engine's box-shrink rule). Measured on the built-in scene after 120 s (the warm start alone, no SDF
