@@ -7,7 +7,7 @@ exact surface samples above the ground (Chamfer-L1, F-score at 1 % of the box di
 with the current ``beta``. Extraction and scoring are not training time.
 
 Usage: ``python benchmarks/surface_curve.py [--seconds 300] [--every 60] [--train-args "..."] --tag NAME`` →
-``benchmarks/results/surface-curve-NAME.json``. docs/surface.md ("Third round") has the table it gave.
+``benchmarks/results/surface-curve-NAME.json``. docs/notes/surface-rounds.md ("Third round") has the table it gave.
 """
 
 from __future__ import annotations

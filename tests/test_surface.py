@@ -109,6 +109,8 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     cfg.field.surface.warm_start_steps = 2
     cfg.field.surface.warm_start_after_growth = False  # the grid grows only after 48 steps
     cfg.field.surface.coupling_until = 1.0  # coupled to the end
+    cfg.field.surface.coupling_weight = 1.0
+    cfg.field.surface.warm_start_progress = 0.0
     t = Trainer(cfg, scene, tmp_path)
     assert len(t.grid_opt.grids) == 3 and t.grid_opt.lrs[2] == pytest.approx(
         cfg.field.surface.lr_sdf * t.field.diagonal / 2)
@@ -143,6 +145,8 @@ def _tiny_surface_trainer(set_up):
     cfg.field.kind = "surface"
     cfg.optim.batch_rays = 128
     cfg.field.grid.num_voxels_start = 16**3
+    cfg.field.surface.warm_start_progress = 0.0  # born at warm_start_steps
+    cfg.field.surface.coupling_weight = 1.0
     set_up(cfg)
     return Trainer(cfg, scene, None)
 
@@ -164,6 +168,60 @@ def test_warm_start_waits_for_the_last_growth():
     assert int(t.field.grow_count) == 1 and born == 6
 
 
+def test_warm_start_waits_for_progress_and_is_recorded():
+    """warm_start_progress holds the birth back until training is that far; until then the density branch
+    alone gives the march's density (the fused kernel applies); the birth is an event with its step."""
+    def set_up(cfg):
+        cfg.field.surface.warm_start_steps = 2
+        cfg.field.surface.warm_start_after_growth = False
+        cfg.field.surface.warm_start_progress = 0.6
+
+    t = _tiny_surface_trainer(set_up)
+    born = None
+    for _ in range(8):
+        assert t.field.density_is_grid == (not t.field.sdf_active)
+        t.step()
+        if born is None and t.field.sdf_active:
+            born = t.step_count
+    assert born == 7  # the maintenance pass of step 7 (progress 0.6), not step 2
+    assert not t.field.density_is_grid
+    assert [e["event"] for e in t.events] == ["sdf_warm_start"] and t.events[0]["step"] == 6
+    assert t.events[0]["warm_started"] and t.events[0]["duration_s"] >= 0
+
+
+def test_coupling_confidence_drops_half_transparent_rays():
+    """With coupling_confidence c, only rays whose density-branch opacity is below c or above 1 - c carry the
+    coupling: the term is the per-ray error summed over those rays, over all rays."""
+    from privnerf.render.renderer import render_rays
+    from privnerf.render.volume import accumulate, composite, weights_from_density
+
+    def set_up(cfg):
+        cfg.field.surface.warm_start_steps = 0
+        cfg.field.surface.coupling_until = 1.0
+
+    t = _tiny_surface_trainer(set_up)
+    for _ in range(4):
+        t.step()
+    t.maintenance()
+    o, d, _ = t.sample_batch()
+    out = render_rays(t.field, t.occ, o, d, t.settings(), jitter=False, keep_samples=True)
+    s, v, n = out["samples"], out["values"].detach(), o.shape[0]
+    bg = t.settings().background
+    w_d = out["weights"].detach()
+    op_d = accumulate(w_d, None, s.ray_idx, n)
+    label = composite(accumulate(w_d, v[:, :3], s.ray_idx, n), op_d, bg)
+    w_s, _ = weights_from_density(t.field.sdf_density(v[:, -1]), s.delta, s.ray_idx, n)
+    pred = composite(accumulate(w_s, v[:, :3], s.ray_idx, n), accumulate(w_s, None, s.ray_idx, n), bg)
+    err = ((pred - label) ** 2).mean(-1)
+    cut = float(op_d.max()) / 2 + 1e-3  # rays below half the largest opacity count, the others do not
+    for conf, keep in ((0.0, torch.ones(n, dtype=torch.bool)), (cut, (op_d < cut) | (op_d > 1 - cut))):
+        t.field.scfg.coupling_confidence = conf
+        o2 = dict(out)
+        t._surface_terms(o2, o, d, t.settings())
+        assert o2["terms"]["coupling"] == pytest.approx(float((err * keep).mean()), rel=1e-4, abs=1e-9)
+    assert 0 < int(keep.sum()) < n  # the cut dropped some rays and kept others
+
+
 def test_negative_box_margin_is_an_error():
     from privnerf.fields.grid_field import GridFieldConfig
 
@@ -175,6 +233,7 @@ def test_coupling_switches_off_at_coupling_until():
     def set_up(cfg):
         cfg.field.surface.warm_start_steps = 0
         cfg.field.surface.coupling_until = 0.3
+        cfg.field.surface.coupling_confidence = 0.0
 
     t = _tiny_surface_trainer(set_up)
     seen = []
@@ -203,6 +262,8 @@ def test_coupling_moves_only_the_sdf():
     cfg.optim.distortion_weight = 0.0
     cfg.field.surface.warm_start_steps = 0
     cfg.field.surface.coupling_until = 1.0
+    cfg.field.surface.coupling_weight = 1.0
+    cfg.field.surface.coupling_confidence = 0.0
     t = Trainer(cfg, scene)
     for _ in range(3):
         t.step()

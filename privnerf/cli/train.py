@@ -80,6 +80,7 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
         "device": str(trainer.device),
         "threads": threads,
         "curve": trainer.curve,
+        "events": trainer.events,
         "curve_images": cfg.eval_curve_images,
         "per_image": metrics["per_image"],
     }

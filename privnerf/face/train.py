@@ -51,9 +51,16 @@ from privnerf.train.trainer import Trainer, config_to_dict, set_threads, write_r
 
 
 def _default_train_config() -> TrainConfig:
+    """The core trainer's settings for a head: the surface field as the head study measured it (docs/face.md):
+    the SDF born early in stage 1 from the density branch's solid at opacity 0.02 and coupled throughout
+    (the surface field's own defaults, a late birth without the coupling, were chosen on the built-in scene
+    and lego, where the SDF only has to match the density branch; here stage 2 must move it)."""
     cfg = TrainConfig()
     cfg.field.kind = "surface"
     cfg.optim.batch_rays = 4096
+    sc = cfg.field.surface
+    sc.warm_start_progress, sc.warm_start_alpha = 0.0, 0.02
+    sc.coupling_weight, sc.coupling_until, sc.coupling_confidence = 1.0, 1.0, 0.0
     return cfg
 
 
@@ -159,13 +166,14 @@ def _sdf_branch(field: SurfaceField, out: dict, n: int, bg: torch.Tensor) -> tup
 
 def effective_config(cfg: FaceTrainConfig) -> FaceTrainConfig:
     """A copy of ``cfg`` as the face trainer runs it (what ``config.json`` holds): the core trainer's steps are
-    the two stages', and the SDF is born (from the density branch) inside stage 1, at most half-way, so that
-    stage 2's Lipschitz reference is the stage-1 surface and not the initial sphere (measured otherwise on the
-    head: see docs/face.md)."""
+    the two stages', and the SDF is born (from the density branch) inside stage 1, at most half-way (in steps
+    and in progress), so that stage 2's Lipschitz reference is the stage-1 surface and not the initial sphere
+    (measured otherwise on the head: see docs/face.md)."""
     cfg = copy.deepcopy(cfg)
     cfg.train.steps = cfg.stage1_steps + cfg.stage2_steps
     sc = cfg.train.field.surface
     sc.warm_start_steps = min(sc.warm_start_steps, max(cfg.stage1_steps // 2, 1))
+    sc.warm_start_progress = min(sc.warm_start_progress, 0.5 * cfg.stage1_steps / max(cfg.train.steps, 1))
     return cfg
 
 

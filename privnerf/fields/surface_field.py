@@ -32,7 +32,7 @@ In ``dual`` mode the SDF is *born from the density branch* (:meth:`SurfaceField.
 ``warm_start_steps``): the signed distance transform of the density branch's filled solid. Before that only
 the density branch trains. Grown from a sphere by the coupling alone, the SDF on the built-in scene (a wide,
 flat ground with objects) had found 11 % of the surface after 120 s (recall at 1 % of the diagonal), and
-the SDF alone from the sphere lost its surface altogether (docs/surface.md).
+the SDF alone from the sphere lost its surface altogether (docs/notes/surface-rounds.md).
 
 Both modes add the eikonal term ``mean (|grad s| - 1)^2`` and a curvature term ``mean |laplacian s|`` (in
 voxel units), from central finite differences on the grid (six extra one-channel reads per point), on
@@ -89,13 +89,21 @@ class SurfaceFieldConfig:
     F-score at 1 % 0.43 (the SDF hovers above zero where the density branch's ground is half transparent,
     and the ground disappears), 0.5 -> 0.49, 2 -> 0.70, 5 -> 0.74 (with curvature 5e-3)."""
     curvature_weight: float = 5e-4
-    coupling_weight: float = 1.0
-    """dual mode: weight of the view-independent colour label on the SDF branch."""
-    coupling_until: float = 0.45
-    """dual mode: training progress (0..1) from which the coupling is off (1: always on). The coupling keeps
-    floaters out of the SDF early and later pulls it toward the density branch's half-transparent surfaces.
-    Built-in scene, 600 s (the SDF born at 0.3): always on, F-score at 1 % 0.45; off from 0.45, 0.74
-    (docs/surface.md, "Third round")."""
+    coupling_weight: float = 0.0
+    """dual mode: weight of the view-independent colour label on the SDF branch (Du-NeRF's coupling). Off by
+    default: on the built-in scene, with the SDF born at 85 % of a 600 s run, the coupling on every ray took
+    F-score at 1 % from 0.90 to 0.76 in 90 s (it pulls the SDF toward the density branch's half-transparent
+    ground); on confident rays only (``coupling_confidence`` 0.1) it held at 0.91; off, 0.93
+    (docs/notes/surface-rounds.md, "Fourth round"). ``--field.surface.coupling-weight 1`` turns it on."""
+    coupling_until: float = 1.0
+    """dual mode: training progress (0..1) from which the coupling is off (1: on to the end). With an SDF
+    born early (at step 1200 of 600 s on the built-in scene) the coupling kept floaters out at first and then
+    pulled the SDF off the ground; off from 0.45 it held F-score at 1 % at 0.74 against 0.45 coupled to the
+    end (docs/notes/surface-rounds.md, "Third round")."""
+    coupling_confidence: float = 0.1
+    """dual mode: the coupling acts only on rays whose density-branch opacity is below this or above
+    ``1 - coupling_confidence`` (0: every ray). A half-transparent ray (the built-in ground, opacity 0.2-0.5
+    on a white background, its colour darkened to match) is a shape-radiance ambiguity, not a label."""
     photo_weight: float = 1.0
     """dual mode: weight of the SDF branch's own photometric loss ``mean |C_s^full - C_gt|^2``, its weights
     compositing the full colour (diffuse + view-dependent, through the deferred shading) against the photos
@@ -113,18 +121,24 @@ class SurfaceFieldConfig:
     """dual mode: the SDF is born from the density branch at this step (the signed distance transform of
     its occupied, filled region, see :meth:`SurfaceField.warm_start`); until then only the density branch
     trains and marches. 0: keep the sphere and couple from the first step (measured worse, see
-    docs/surface.md)."""
+    docs/notes/surface-rounds.md)."""
+    warm_start_progress: float = 0.85
+    """dual mode: the warm start also waits until training progress (0..1, steps or time, whichever is
+    further) reaches this. An SDF born late, from a mature density branch, is a better surface than one born
+    early and trained long: built-in scene, 600 s, F-score at 1 % 0.93 born at 0.85 against 0.76 born at
+    0.3 (docs/notes/surface-rounds.md, "Fourth round"). Until then the field trains and renders exactly as
+    the density field does, at its speed."""
     warm_start_after_growth: bool = True
     """dual mode: the warm start also waits until the grid has made its last growth (``grow_at``), so the SDF
     is born at the final resolution from a density branch trained there (in a 600 s run the last growth
     comes at 180 s, long after step 1200). It did not by itself keep the built-in ground in long runs (F-score
-    at 1 % 0.45 at 600 s against 0.47 without it); ``coupling_until`` did (docs/surface.md, "Third round")."""
-    warm_start_alpha: float = 0.02
+    at 1 % 0.45 at 600 s against 0.47 without it); ``coupling_until`` did (docs/notes/surface-rounds.md, "Third round")."""
+    warm_start_alpha: float = 0.05
     """Opacity over the first render step above which a voxel of the density branch counts as occupied (the
     engine's box-shrink rule). Measured on the built-in scene after 120 s (the warm start alone, no SDF
     training): 0.05 -> F-score at 1 % 0.86-0.92, 0.1 -> 0.48, 0.2 -> 0.22 (the density field's surfaces are a
-    few voxels of haze, its ground half transparent: a high bar leaves holes); 0.02 keeps more of the
-    ground (ground recall 0.71 -> 0.97 after 300 steps of training, eikonal 2)."""
+    few voxels of haze, its ground half transparent: a high bar leaves holes). From a 600 s density branch
+    (the late birth): 0.02 -> 0.79 (haze becomes solid: precision 0.67), 0.05 -> 0.94, 0.1 -> 0.59."""
 
 
 def laplace_density(s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -243,7 +257,9 @@ class SurfaceField(GridField):
 
     @property
     def density_is_grid(self) -> bool:
-        return False  # the fused march-and-cull kernel reads only the density grid
+        """Until the SDF is born (dual mode) the density grid alone gives the density, so the fused
+        march-and-cull kernel applies; after it the march covers both branches, which that kernel cannot."""
+        return self.scfg.mode == "dual" and not self.sdf_active
 
     # -- the SDF branch ---------------------------------------------------------------------------------
     @property

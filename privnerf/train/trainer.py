@@ -114,6 +114,8 @@ class Trainer:
         self.train_time = 0.0
         self.last_stats: dict[str, float] = {}
         self.curve: list[dict[str, float]] = []
+        self.events: list[dict[str, Any]] = []
+        """One-off moments of training (the surface field's SDF warm start), with step and training time."""
 
     @property
     def pixels(self) -> PixelSampler:
@@ -226,8 +228,12 @@ class Trainer:
             if self.skips_empty:
                 self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
         if isinstance(self.field, SurfaceField) and not self.field.sdf_active and \
-                self.step_count >= self.field.scfg.warm_start_steps and self.field.grown_for_warm_start():
+                self.step_count >= self.field.scfg.warm_start_steps and self.field.grown_for_warm_start() and \
+                self.progress() >= self.field.scfg.warm_start_progress:
+            t0 = time.perf_counter()
             info = self.field.warm_start(self.occ_step, self.seen_empty(self.field.sdf_grid))
+            self.events.append({"event": "sdf_warm_start", "step": self.step_count, "train_time_s": self.train_time,
+                                "duration_s": time.perf_counter() - t0, **info})
             log.info("SDF warm start from the density branch at step %d: %s", self.step_count, info)
             if self.skips_empty:
                 self.occ.update(self.occupancy_density, self.occ_step, r.occ_threshold, fraction=r.occ_fraction)
@@ -244,7 +250,7 @@ class Trainer:
         of the depth at its lattice cell. Projecting the points, not marking the voxels that rays pass
         through, leaves no gaps between rays: with 4096 rays per 400 px view, lattice rays are several voxels
         apart at a 256-voxel grid's centre, and the unvisited voxels had become speckles of solid in the SDF
-        warm start on lego (docs/surface.md, "Third round"). What the lattice misses (content narrower
+        warm start on lego (docs/notes/surface-rounds.md, "Third round"). What the lattice misses (content narrower
         than the ray spacing) counts as seen empty here; the warm start keeps every voxel the density branch
         finds occupied solid regardless."""
         from privnerf.data.cameras import project_points, rays_from_pixels
@@ -371,7 +377,11 @@ class Trainer:
             op_s = accumulate(w_s, None, s.ray_idx, n)
             pred = composite(accumulate(w_s, c, s.ray_idx, n), op_s, bg)
             if self.progress() < f.scfg.coupling_until:
-                terms["coupling"] = f.scfg.coupling_weight * torch.mean((pred - label) ** 2)
+                err = ((pred - label) ** 2).mean(-1)
+                conf = f.scfg.coupling_confidence
+                if conf > 0:
+                    err = err * ((op_d < conf) | (op_d > 1 - conf)).to(err)
+                terms["coupling"] = f.scfg.coupling_weight * err.mean()
             out["opacity_sdf"] = op_s
             if f.scfg.photo_weight > 0 and target is not None:
                 full = composite(f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs), op_s, bg)
@@ -491,6 +501,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "curve": self.curve,
+            "events": self.events,
             "scene_info": scene_info(self.scene),
         }
 
@@ -512,6 +523,7 @@ class Trainer:
         self.step_count = int(st["step"])
         self.train_time = float(st["train_time"])
         self.curve = list(st.get("curve", []))
+        self.events = list(st.get("events", []))
         if with_optim:
             self._build_optimizers()
             self.mlp_opt.load_state_dict(st["mlp_opt"])
