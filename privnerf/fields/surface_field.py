@@ -14,25 +14,28 @@ at both ends and would need a second compositing path.
 
 Two modes (``--field.surface.mode``):
 
-* ``dual`` (Du-NeRF): the density branch renders the image and is trained on the photos as today. Its
-  view-independent (diffuse) colour, composited with *its* weights, is the label for the SDF branch: the
-  same diffuse colours composited with the SDF branch's weights must reproduce it. Written out, per ray::
+* ``dual`` (Du-NeRF): the density branch renders the image and is trained on the photos as today; the SDF
+  branch composites the same samples with its own weights and learns from its own photometric loss
+  (``photo_weight``). Du-NeRF's coupling, the density branch's view-independent (diffuse) colour as the SDF
+  branch's label, is here as an option (``coupling_weight``, off by default: measured, it pulls the SDF
+  toward the density branch's half-transparent surfaces). Written out, per ray::
 
       C_vi = sum_k w^d_k c_k + (1 - O^d) bg            (density branch, gradient stopped: the label)
       C_s  = sum_k w^s_k sg(c_k) + (1 - O^s) bg          (SDF branch; colours c_k detached)
-      L_couple = mean |C_s - C_vi|^2
+      L_couple = mean over confident rays |C_s - C_vi|^2   (O^d < c or > 1 - c; c = coupling_confidence)
 
   so the coupling moves only the SDF (and beta): geometry follows colour without the SDF branch pulling
   the colours. The view-dependent residual never reaches the SDF, which is the paper's point (the
   specular part is what makes geometry from radiance ambiguous).
 * ``sdf``: the SDF alone: it renders the image (full colour through the deferred shading) and the density
-  grid is unused. The baseline the coupling is measured against.
+  grid is unused. The baseline the dual field is measured against.
 
-In ``dual`` mode the SDF is *born from the density branch* (:meth:`SurfaceField.warm_start`, at
-``warm_start_steps``): the signed distance transform of the density branch's filled solid. Before that only
-the density branch trains. Grown from a sphere by the coupling alone, the SDF on the built-in scene (a wide,
-flat ground with objects) had found 11 % of the surface after 120 s (recall at 1 % of the diagonal), and
-the SDF alone from the sphere lost its surface altogether (docs/notes/surface-rounds.md).
+In ``dual`` mode the SDF is *born from the density branch* late in training (:meth:`SurfaceField.warm_start`,
+at ``warm_start_progress``, 85 %): the signed distance transform of the density branch's filled solid.
+Before that the field is the density field (same kernels, same speed). Grown from a sphere by the coupling
+alone, the SDF on the built-in scene (a wide, flat ground with objects) had found 11 % of the surface after
+120 s (recall at 1 % of the diagonal), the SDF alone from the sphere lost its surface altogether, and an
+SDF born early drifted off the ground as it trained (docs/notes/surface-rounds.md).
 
 Both modes add the eikonal term ``mean (|grad s| - 1)^2`` and a curvature term ``mean |laplacian s|`` (in
 voxel units), from central finite differences on the grid (six extra one-channel reads per point), on
