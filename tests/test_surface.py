@@ -284,13 +284,45 @@ def test_coupling_moves_only_the_sdf():
     assert float(f.sdf_grid.grad_buffer().abs().sum()) > 0
     assert float(f.feature_grid.grad_buffer().abs().sum()) == 0
     assert float(f.density_grid.grad_buffer().abs().sum()) == 0
-    # the SDF branch's photometric term, unlike the coupling, reaches the shared colours
-    out = render_rays(t.field, t.occ, batch[0], batch[1], settings, jitter=True, keep_samples=True)
-    for g in t.field.grids():
-        g.grad_buffer().zero_()
-    t._surface_terms(out, batch[0], batch[1], settings, batch[2]).backward()
-    assert out["terms"]["photo_sdf"] > 0
-    assert float(f.feature_grid.grad_buffer().abs().sum()) > 0
+    # the SDF branch's photometric term moves only the SDF too, unless photo_reaches_colours
+    f.scfg.coupling_weight = 0.0
+    for reaches in (False, True):
+        f.scfg.photo_reaches_colours = reaches
+        out = render_rays(t.field, t.occ, batch[0], batch[1], settings, jitter=True, keep_samples=True)
+        for g in t.field.grids():
+            g.grad_buffer().zero_()
+        for p in f.rgb_net.parameters():
+            p.grad = None
+        t._surface_terms(out, batch[0], batch[1], settings, batch[2]).backward()
+        assert out["terms"]["photo_sdf"] > 0 and float(f.sdf_grid.grad_buffer().abs().sum()) > 0
+        assert (float(f.feature_grid.grad_buffer().abs().sum()) > 0) == reaches
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in f.rgb_net.parameters()) == reaches
+        assert all(p.requires_grad for p in f.parameters())  # frozen only while the term was formed
+
+
+def test_culling_keeps_what_either_branch_weights():
+    """After the birth, a ray through an SDF solid in front of the density branch's surface keeps the
+    samples the density branch weights (culled by the summed density, they would be lost behind the SDF)."""
+    from privnerf.render.occupancy import OccupancyGrid
+    from privnerf.render.renderer import RenderSettings, select_samples
+
+    f = make(box_margin=0.0)
+    with torch.no_grad():
+        pts = f._grid_points(f.density_grid).reshape(-1, 3)
+        # density branch: a slab at x in [0.3, 0.5]; SDF: solid for x > 0 (in front of it along -x rays)
+        f.density_grid.data.copy_(torch.where((pts[:, :1] > 0.3) & (pts[:, :1] < 0.5), 20.0, -20.0)
+                                  .reshape(f.density_grid.data.shape))
+        f.sdf_grid.data.copy_(-pts[:, :1].reshape(f.sdf_grid.data.shape))
+        f.log_beta.fill_(-10.0)  # floored at half a voxel: the SDF's inside is opaque within 0.1
+        f.warm.fill_(True)
+    o = torch.tensor([[0.0, 0.0, 0.0]]).repeat(4, 1)
+    d = torch.tensor([[1.0, 0.0, 0.0]]).repeat(4, 1)
+    occ = OccupancyGrid(f.space.box, 16)
+    settings = RenderSettings(near=0.0, far=3.0, step=0.01, background=torch.ones(3), weight_threshold=1e-3)
+    s = select_samples(f, occ, o, d, settings)
+    xs = s.t
+    assert bool(((xs > 0.3) & (xs < 0.5)).any())  # the density branch's slab survives the SDF in front
+    assert bool((xs < 0.05).any())  # and the SDF branch's own surface at x = 0
 
 
 def test_surface_box_has_room_under_the_scene_box():

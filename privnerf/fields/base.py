@@ -71,6 +71,12 @@ class RadianceField(nn.Module):
         """Density ``(n,)`` at world points ``(n, 3)``."""
         return self.density_space(self.space(x))
 
+    def branch_densities(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The densities ``[(n,), ...]`` of each rendering branch at world points ``(n, 3)``. Culling keeps a
+        sample that any branch weights above the threshold, so each branch sees the samples it would see
+        alone. One branch (this default): :meth:`density`."""
+        return [self.density(x)]
+
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         """Per-sample density ``(n,)`` and the values the renderer alpha-composites along each ray ``(n, c)``."""
         raise NotImplementedError

@@ -196,8 +196,13 @@ class GridField(RadianceField):
         return not isinstance(self.feature_out, FullDecoder)
 
     def density_space(self, xs: torch.Tensor) -> torch.Tensor:
-        if not self.density_is_grid:
+        if isinstance(self.feature_out, FullDecoder):
             return decode_cut(self.encode_space(xs), self.shift, self.feature_out, self.key, xs)[0] * self._inside(xs)
+        return self.grid_density(xs)
+
+    def grid_density(self, xs: torch.Tensor) -> torch.Tensor:
+        """Density ``(n,)`` from the density grid alone at working-box points ``(n, 3)`` (every decoder but
+        the full one reads density there)."""
         raw = self.density_grid(xs)[:, 0]
         # Outside the (possibly shrunk) grid box space is empty, not the clamped border value.
         return nn.functional.softplus(raw + self.shift) * self._inside(xs)

@@ -110,7 +110,12 @@ class SurfaceFieldConfig:
     photo_weight: float = 1.0
     """dual mode: weight of the SDF branch's own photometric loss ``mean |C_s^full - C_gt|^2``, its weights
     compositing the full colour (diffuse + view-dependent, through the deferred shading) against the photos
-    (Du-NeRF's L_rgb on the SDF branch). Unlike the coupling this reaches the shared colours too."""
+    (Du-NeRF's L_rgb on the SDF branch); see ``photo_reaches_colours``."""
+    photo_reaches_colours: bool = False
+    """dual mode: whether the SDF branch's photometric loss also trains the shared colours (feature grid and
+    shading network). Off: it moves only the SDF and beta, and the density branch trains exactly as the
+    density field does. On lego, 259 steps of the SDF's photo loss reaching the colours took the density
+    branch's own test PSNR from about 29 dB to 24.7 dB (docs/notes/surface-rounds.md, "Fourth round")."""
     coupling_opacity_weight: float = 0.0
     """dual mode: weight of ``mean (O_s - sg(O_d))^2``, the density branch's opacity as a label too."""
     coupling_depth_weight: float = 0.0
@@ -210,7 +215,7 @@ class SurfaceField(GridField):
 
         g = self.sdf_grid
         pts = self._grid_points(g).reshape(-1, 3).to(g.aabb.device)
-        sigma = torch.cat([GridField.density_space(self, c) for c in pts.split(1 << 18)])
+        sigma = torch.cat([self.grid_density(c) for c in pts.split(1 << 18)])
         occupied = (1 - torch.exp(-sigma * step_length) > self.scfg.warm_start_alpha).reshape(g.resolution).cpu().numpy()
         if seen_empty is not None:
             outside = np.asarray(seen_empty, bool) & ~occupied
@@ -289,12 +294,22 @@ class SurfaceField(GridField):
 
     def density_space(self, xs: torch.Tensor) -> torch.Tensor:
         if not self.sdf_active:
-            return super().density_space(xs)
+            return self.grid_density(xs)
         sigma_s = self.sdf_density(self.sdf_space(xs))
         if self.scfg.mode == "sdf":
             return sigma_s * self._inside(xs)
         # dual: march where either branch has content, so both branches see their surfaces
-        return super().density_space(xs) + sigma_s * self._inside(xs)
+        return self.grid_density(xs) + sigma_s * self._inside(xs)
+
+    def branch_densities(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """dual mode after the birth: the density branch's and the SDF branch's densities, so that culling
+        keeps what either branch weights (culled by their sum, samples behind the SDF's surface were lost to
+        the density branch: lego's test PSNR fell 2 dB from that alone, and its training lost them too)."""
+        if self.scfg.mode != "dual" or not self.sdf_active:
+            return [self.density(x)]
+        xs = self.space(x)
+        inside = self._inside(xs)
+        return [self.grid_density(xs), self.sdf_density(self.sdf_space(xs)) * inside]
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = self.space(x)

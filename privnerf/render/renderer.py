@@ -72,9 +72,11 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
     if field.cheap_density and len(s) > 0:
         with torch.no_grad():
             pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
-            sigma = field.density(pts)
-            w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
-            s = s.select(w > settings.weight_threshold)
+            keep = torch.zeros(len(s), dtype=torch.bool, device=pts.device)
+            for sigma in field.branch_densities(pts):
+                w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
+                keep |= w > settings.weight_threshold
+            s = s.select(keep)
     return s
 
 

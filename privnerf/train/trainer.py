@@ -8,6 +8,7 @@ learning) call :meth:`Trainer.step` for their local work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -73,6 +74,20 @@ def config_to_dict(cfg: Any) -> Any:
     if isinstance(cfg, Path):
         return str(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Within the block, ``module``'s parameters build no graph (their ``requires_grad`` is off), so a loss
+    formed there trains nothing of them; restored on exit."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class Trainer:
@@ -384,7 +399,11 @@ class Trainer:
                 terms["coupling"] = f.scfg.coupling_weight * err.mean()
             out["opacity_sdf"] = op_s
             if f.scfg.photo_weight > 0 and target is not None:
-                full = composite(f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs), op_s, bg)
+                if f.scfg.photo_reaches_colours:
+                    full = composite(f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs), op_s, bg)
+                else:  # colours and shading as constants: only the SDF's weights (and beta) move
+                    with frozen(f):
+                        full = composite(f.finish(accumulate(w_s, values.detach(), s.ray_idx, n), op_s, dirs), op_s, bg)
                 terms["photo_sdf"] = f.scfg.photo_weight * torch.mean((full - target) ** 2)
             if f.scfg.coupling_opacity_weight > 0:
                 terms["coupling_opacity"] = f.scfg.coupling_opacity_weight * torch.mean((op_s - op_d) ** 2)
