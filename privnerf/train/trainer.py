@@ -387,11 +387,11 @@ class Trainer:
             w_d = out["weights"].detach()
             c = values[:, :3].detach()
             op_d = accumulate(w_d, None, s.ray_idx, n)
-            label = composite(accumulate(w_d, c, s.ray_idx, n), op_d, bg)
             w_s, _ = weights_from_density(f.sdf_density(values[:, -1]), s.delta, s.ray_idx, n)
             op_s = accumulate(w_s, None, s.ray_idx, n)
-            pred = composite(accumulate(w_s, c, s.ray_idx, n), op_s, bg)
-            if self.progress() < f.scfg.coupling_until:
+            if f.scfg.coupling_weight > 0 and self.progress() < f.scfg.coupling_until:
+                label = composite(accumulate(w_d, c, s.ray_idx, n), op_d, bg)
+                pred = composite(accumulate(w_s, c, s.ray_idx, n), op_s, bg)
                 err = ((pred - label) ** 2).mean(-1)
                 conf = f.scfg.coupling_confidence
                 if conf > 0:
