@@ -192,7 +192,8 @@ def sdf_phase(res: dict) -> dict:
     steps = res["steps"] - ev["step"]
     seconds = res["train_time_s"] - ev["train_time_s"] - ev["duration_s"]
     return {"sdf_warm_start": ev, "sdf_phase_steps": steps,
-            "sdf_phase_steps_per_s": steps / seconds if seconds > 0 and steps > 0 else None}
+            "sdf_phase_steps_per_s": steps / seconds if seconds > 0 and steps > 0 else None,
+            "pre_birth_steps_per_s": ev["step"] / ev["train_time_s"] if ev["train_time_s"] > 0 else None}
 
 
 def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, train_args: str = "",
@@ -246,6 +247,9 @@ def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, t
     return {"rows": rows, "psnr_gap_db": rows["grid"]["psnr"] - rows["surface"]["psnr"],
             "step_cost_ratio": rows["grid"]["steps_per_s"] / rows["surface"]["steps_per_s"],
             "sdf_step_cost_ratio": rows["grid"]["steps_per_s"] / sdf_rate if sdf_rate else None,
+            # against the same run before the birth (the end of a run steps faster than the grid's average)
+            "sdf_step_cost_ratio_own": (rows["surface"]["pre_birth_steps_per_s"] / sdf_rate
+                                        if sdf_rate and rows["surface"].get("pre_birth_steps_per_s") else None),
             "_meshes": meshes, "_cams": cams}
 
 

@@ -132,6 +132,7 @@ def test_training_step_runs_the_surface_terms_and_resumes(tmp_path, mode):
     assert isinstance(back.field, SurfaceField) and back.field.scfg.mode == mode
     assert torch.equal(back.field.sdf_grid.data, t.field.sdf_grid.data)
     assert float(back.field.log_beta) == float(t.field.log_beta)
+    assert [e["step"] for e in back.events] == [e["step"] for e in t.events] == ([2] if mode == "dual" else [])
 
 
 def _tiny_surface_trainer(set_up):
@@ -227,6 +228,16 @@ def test_negative_box_margin_is_an_error():
 
     with pytest.raises(ValueError, match="box-margin"):
         SurfaceField(GridFieldConfig(), SurfaceFieldConfig(box_margin=-0.1), torch.tensor([[-1.] * 3, [1.] * 3]), False, 0.02)
+
+
+@pytest.mark.parametrize("bad, flag", [({"warm_start_progress": 1.0}, "warm-start-progress"),
+                                       ({"warm_start_progress": -0.1}, "warm-start-progress"),
+                                       ({"coupling_confidence": 0.7}, "coupling-confidence"),
+                                       ({"coupling_confidence": -0.1}, "coupling-confidence")])
+def test_out_of_range_birth_and_confidence_are_errors(bad, flag):
+    """A birth at progress 1 would never come (the mesh would silently be the initial sphere)."""
+    with pytest.raises(ValueError, match=flag):
+        make(**bad)
 
 
 def test_coupling_switches_off_at_coupling_until():

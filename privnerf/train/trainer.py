@@ -399,11 +399,10 @@ class Trainer:
                 terms["coupling"] = f.scfg.coupling_weight * err.mean()
             out["opacity_sdf"] = op_s
             if f.scfg.photo_weight > 0 and target is not None:
-                if f.scfg.photo_reaches_colours:
-                    full = composite(f.finish(accumulate(w_s, values, s.ray_idx, n), op_s, dirs), op_s, bg)
-                else:  # colours and shading as constants: only the SDF's weights (and beta) move
-                    with frozen(f):
-                        full = composite(f.finish(accumulate(w_s, values.detach(), s.ray_idx, n), op_s, dirs), op_s, bg)
+                reach = f.scfg.photo_reaches_colours  # off: colours and shading are constants, the SDF's weights move
+                with contextlib.nullcontext() if reach else frozen(f):
+                    v = values if reach else values.detach()
+                    full = composite(f.finish(accumulate(w_s, v, s.ray_idx, n), op_s, dirs), op_s, bg)
                 terms["photo_sdf"] = f.scfg.photo_weight * torch.mean((full - target) ** 2)
             if f.scfg.coupling_opacity_weight > 0:
                 terms["coupling_opacity"] = f.scfg.coupling_opacity_weight * torch.mean((op_s - op_d) ** 2)
