@@ -88,6 +88,10 @@ def main() -> int:
                    help="keep these finished runs when their settings (and, for obscured, the operator) are the same")
     p.add_argument("--grad-weight", type=float, default=1.0, help="stage 2's σ loss weight")
     p.add_argument("--lipschitz-weight", type=float, default=0.1, help="stage 2's Lipschitz weight")
+    p.add_argument("--silhouette-weight", type=float, default=None,
+                   help="the SDF's silhouette (IDR mask) loss weight, every run (default: the trainer's)")
+    p.add_argument("--shading", action=argparse.BooleanOptionalAction, default=None,
+                   help="stage 2's σ term on the shaded SDF (default: the trainer's)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "face-head")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     a = p.parse_args()
@@ -124,6 +128,10 @@ def main() -> int:
         if n2 > 0:  # stage 2's weights: runs without it keep the defaults (and stay reusable)
             cfg.grad_weight, cfg.lipschitz_weight = a.grad_weight, a.lipschitz_weight
         cfg.train.field.grid.max_voxels = a.max_voxels
+        if a.silhouette_weight is not None:
+            cfg.silhouette_weight = a.silhouette_weight
+        if a.shading is not None and n2 > 0:
+            cfg.shading = a.shading
         if name in a.reuse:
             if not same_run(out, cfg, obs.spec if sens else None):
                 raise SystemExit(f"{out}: no finished run with these settings to reuse (--reuse {name}); "

@@ -136,3 +136,49 @@ def test_face_train_checkpoints_and_resumes(tmp_path, capsys):
     import json
 
     assert json.loads((run / "results.json").read_text())["steps"] == 4
+
+
+def test_patch_too_small_for_the_blur_is_refused():
+    from privnerf.face.train import FaceTrainConfig, FaceTrainer, patch_margin
+
+    spec = OperatorSpec("gradmag")  # blur 4: compared 9 px inside each border
+    assert patch_margin(spec) == 9
+    codes = np.zeros((1, 40, 40), np.uint8)
+    view = SensitiveView(np.eye(4, dtype=np.float32), np.array([40.0, 40.0, 20.0, 20.0], np.float32), codes,
+                         np.full((40, 40), 255, np.uint8), "v")
+    with pytest.raises(ValueError, match="--patch 22 or more"):
+        FaceTrainer(FaceTrainConfig(stage1_steps=1, stage2_steps=1, patch=16), _tiny_masked_scene(), [view], spec, None)
+
+
+def _tiny_masked_scene():
+    """Four 32 px views of a bounded box with full masks (enough to build a trainer)."""
+    from privnerf.data.scene import Scene
+
+    c2w = np.stack([np.eye(4, dtype=np.float32)] * 4)
+    c2w[:, 2, 3] = 3.0
+    imgs = [np.zeros((32, 32, 3), np.float32)] * 4
+    return Scene(images=imgs, c2w=c2w, intrinsics=np.tile(np.array([32.0, 32.0, 16.0, 16.0], np.float32), (4, 1)),
+                 aabb=np.array([[-1.0] * 3, [1.0] * 3], np.float32), near=1.0, far=5.0, scene_type="bounded",
+                 background=(0.0, 0.0, 0.0), masks=[np.full((32, 32), 255, np.uint8)] * 4)
+
+
+def test_silhouette_loss_moves_the_surface_toward_the_mask():
+    from privnerf.face.train import silhouette_loss
+    from privnerf.fields.grid_field import GridFieldConfig
+    from privnerf.fields.surface_field import SurfaceField, SurfaceFieldConfig
+
+    f = SurfaceField(GridFieldConfig(), SurfaceFieldConfig(), torch.tensor([[-1.0] * 3, [1.0] * 3]), False, 0.02)
+    # a ray through the initial sphere's centre that the mask calls background, one beside it that it calls head
+    o, d = torch.tensor([[0.0, 0.0, -3.0], [0.9, 0.9, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    loss = silhouette_loss(f, o, d, torch.tensor([0.0, 1.0]), 64, 0.05, torch.Generator().manual_seed(0))
+    loss.backward()
+    g = f.sdf_grid.grad_buffer() if f.sdf_grid.sparse else f.sdf_grid.data.grad  # the compiled kernel's buffer
+    assert g is not None and float(g.abs().sum()) > 0
+    # gradient descent raises the SDF on the centre ray (carves) and lowers it on the outer one (fills)
+    idx = f.sdf_grid.world_to_index(torch.tensor([[0.0, 0.0, 0.0], [0.9, 0.9, 0.0]])).round().long()
+
+    def near(i):  # the gradient summed over the voxels around a ray's closest approach
+        x, y, z = idx[i].tolist()
+        return float(g[x - 2:x + 3, y - 2:y + 3, z - 2:z + 3].sum())
+
+    assert near(0) < 0 < near(1)

@@ -6,13 +6,15 @@ else (a test audits every file it opens).
 
 * **Stage 1** (``stage1_steps``): the core trainer's step on the neutral views' RGB (images composited on
   black by their masks) with the surface field (``--field.kind surface``: Du-NeRF's dual field, eikonal and
-  curvature terms), plus a mask term: binary cross-entropy between each branch's opacity and the mask.
+  curvature terms), plus a mask term: binary cross-entropy between each branch's opacity and the mask, and
+  once the SDF is born IDR's silhouette loss on it (:func:`silhouette_loss`: the ray's closest approach).
 * **Stage 2** (``stage2_steps``): the same step, and on the sensitive views ``patches`` square patches of
   ``patch`` pixels are rendered, turned grey, passed through the *same* operator σ
   (:func:`privnerf.face.operators.apply_operator`) and compared (L1) with the stored σ image, dequantised:
   for the density branch's colour and for the SDF branch's (whose colours are detached, so that term moves
-  the surface only). The masks of the sensitive views supervise both opacities too (the silhouette is
-  shared by ``obscure``; ``--no-sensitive-masks`` drops it). The refinement ``Δs = s - s_stage1`` of the SDF
+  the surface only; ``--shading``: the SDF branch shaded instead, :func:`shaded_sdf_grey`). The masks of the
+  sensitive views supervise both opacities too, and the SDF through :func:`silhouette_loss` (the silhouette
+  is shared by ``obscure``; ``--no-sensitive-masks`` drops it). The refinement ``Δs = s - s_stage1`` of the SDF
   is kept smooth by a Lipschitz-style penalty ``mean |∇Δs|²`` on the regulariser points, so stage 2 can
   bend the surface but not break it (our reading; the paper's exact regulariser was not retrieved, see
   ../shared/specs/idobscured_jacobinerf.md A.3).
@@ -76,29 +78,56 @@ class FaceTrainConfig:
     lipschitz_weight: float = 0.1
     """Weight of ``mean |∇(s - s_stage1)|²`` in stage 2."""
     patches: int = 8
-    patch: int = 24
+    patch: int = 32
     """Sensitive-view patches per step and their side in pixels (rays per step: patches * patch²)."""
     sensitive_masks: bool = True
+    silhouette_weight: float = 1.0
+    """IDR's mask loss on the SDF (:func:`silhouette_loss`) once the SDF is born: on the neutral batch's rays,
+    and in stage 2 on ``silhouette_rays`` pixels of the sensitive views' masks per step (measured on the head,
+    docs/face.md: 0.1 closed 9 % of the face gap, 1.0 16 %)."""
+    silhouette_rays: int = 2048
+    shading: bool = False
+    """Stage 2's σ term on the SDF branch sees it shaded (Lambertian, grey SH lighting fitted on the neutral
+    views, :func:`fit_lighting`), so that σ reaches the surface through its normals; off (default): the SDF
+    branch composites the radiance field's colours (detached), as Du-NeRF's coupling does. Measured on the
+    head (docs/face.md): the Lambertian fit explains 40 % of the bronze's grey variance, and shading left the
+    face's Chamfer where it was, lowered its normal consistency and doubled stage 2's step time."""
+    relight_every: int = 250
+    light_rays: int = 8192
+    silhouette_points: int = 64
+    silhouette_width_voxels: float = 2.0
     mesh_resolution: int = 256
     quiet: bool = False
     train: TrainConfig = dc_field(default_factory=_default_train_config)
 
 
-class MaskedPixels:
-    """Pixels of the neutral views with their mask values, sampled uniformly (rays, colours, mask in [0, 1])."""
+def _unit_mask(m) -> np.ndarray:
+    m = np.asarray(m, np.float32)
+    return np.clip(m / (255.0 if m.max() > 1 else 1.0), 0.0, 1.0)
 
-    def __init__(self, scene: Scene):
+
+class MaskedPixels:
+    """Pixels of some views with their mask values (and colours, where the views are RGB), sampled uniformly:
+    rays, colours ``(n, 3)`` or ``None``, mask ``(n,)`` in [0, 1]."""
+
+    def __init__(self, c2w, intrinsics, masks: list, images: list | None = None):
+        self.rgb = None if images is None else torch.from_numpy(np.concatenate([im.reshape(-1, 3) for im in images])).float()
+        self.mask = torch.from_numpy(np.concatenate([_unit_mask(m).reshape(-1) for m in masks]))
+        self.offsets = torch.tensor(np.cumsum([0] + [m.shape[0] * m.shape[1] for m in masks]), dtype=torch.long)
+        self.widths = torch.tensor([m.shape[1] for m in masks])
+        self.c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float32)
+        self.intr = torch.as_tensor(np.asarray(intrinsics), dtype=torch.float32)
+
+    @classmethod
+    def of_scene(cls, scene: Scene) -> "MaskedPixels":
         if scene.masks is None:
             raise ValueError("face training needs masks with every view")
-        self.scene = scene
-        self.rgb = torch.from_numpy(np.concatenate([im.reshape(-1, 3) for im in scene.images])).float()
-        self.mask = torch.from_numpy(np.concatenate([(np.asarray(m, np.float32) / (255.0 if np.asarray(m).max() > 1 else 1.0))
-                                                     .reshape(-1) for m in scene.masks])).clamp(0, 1)
-        sizes = [h * w for h, w in (scene.hw(i) for i in range(scene.num_views))]
-        self.offsets = torch.tensor(np.cumsum([0] + sizes), dtype=torch.long)
-        self.widths = torch.tensor([scene.hw(i)[1] for i in range(scene.num_views)])
-        self.c2w = torch.from_numpy(scene.c2w).float()
-        self.intr = torch.from_numpy(scene.intrinsics).float()
+        return cls(scene.c2w, scene.intrinsics, list(scene.masks), list(scene.images))
+
+    @classmethod
+    def of_sensitive(cls, views: list) -> "MaskedPixels":
+        """The sensitive views' silhouettes (their σ images are not read here)."""
+        return cls([v.c2w for v in views], [v.intrinsics for v in views], [v.mask for v in views])
 
     def sample(self, n: int, gen: torch.Generator):
         flat = torch.randint(0, int(self.offsets[-1]), (n,), generator=gen)
@@ -106,7 +135,53 @@ class MaskedPixels:
         rem = flat - self.offsets[img]
         u, v = rem % self.widths[img], rem // self.widths[img]
         o, d, _ = rays_from_pixels(self.c2w[img], self.intr[img], u, v)
-        return o, d, self.rgb[flat], self.mask[flat]
+        return o, d, None if self.rgb is None else self.rgb[flat], self.mask[flat]
+
+
+def silhouette_loss(field: SurfaceField, o: torch.Tensor, d: torch.Tensor, mask: torch.Tensor, points: int,
+                    width: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """IDR's mask loss on the SDF (Yariv et al. 2020): per ray, the smallest signed distance ``s_min`` over
+    ``points`` jittered samples between where the ray enters and leaves the SDF grid's box, and the binary
+    cross-entropy of ``sigmoid(-s_min / width)`` against the mask.
+
+    A background pixel pushes the ray's closest approach out of the solid, a foreground pixel pulls the solid
+    onto the ray. Unlike the cross-entropy of the rendered opacity, whose gradient vanishes where the ray
+    meets no density (the occupancy grid skips it, the Laplace density is flat there), this reaches a
+    surface however far it is from where the silhouette says it should be.
+
+    Args:
+        o, d: ``(n, 3)`` world rays (bounded scene: world = the field's working box); ``mask`` ``(n,)`` in [0, 1].
+        width: the sigmoid's width in distance units.
+    Returns:
+        a 0-d tensor (0 when no ray meets the box).
+
+    Example::
+
+        >>> import torch
+        >>> from privnerf.fields.grid_field import GridFieldConfig
+        >>> from privnerf.fields.surface_field import SurfaceField, SurfaceFieldConfig
+        >>> f = SurfaceField(GridFieldConfig(), SurfaceFieldConfig(), torch.tensor([[-1.] * 3, [1.] * 3]), False, 0.02)
+        >>> o, d = torch.tensor([[0., 0., -3.], [0.95, 0.95, -3.]]), torch.tensor([[0., 0., 1.]] * 2)
+        >>> hit = silhouette_loss(f, o, d, torch.tensor([1., 0.]), 64, 0.02)   # what the initial sphere shows
+        >>> bool(hit < silhouette_loss(f, o, d, torch.tensor([0., 1.]), 64, 0.02))
+        True
+    """
+    from privnerf.render.sampler import ray_aabb
+
+    if field.space.contraction:
+        raise ValueError("the silhouette loss needs a bounded scene")
+    box = field.sdf_grid.aabb
+    t0, t1 = ray_aabb(o, d, box)
+    keep = t1 > t0
+    if not bool(keep.any()):
+        return o.new_zeros(())
+    o, d, mask, t0, t1 = o[keep], d[keep], mask[keep], t0[keep], t1[keep]
+    u = (torch.arange(points, dtype=o.dtype) + torch.rand(o.shape[0], points, generator=gen, dtype=o.dtype)) / points
+    t = t0[:, None] + (t1 - t0)[:, None] * u
+    pts = (o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3)
+    pts = torch.maximum(torch.minimum(pts, box[1]), box[0])
+    s_min = field.sdf_space(pts).reshape(-1, points).amin(dim=1)
+    return torch.nn.functional.binary_cross_entropy_with_logits(-s_min / width, mask)
 
 
 class SensitivePatches:
@@ -121,8 +196,7 @@ class SensitivePatches:
         self.views = []
         for v in views:
             target = dequantize(spec, torch.from_numpy(np.asarray(v.codes)))  # (C, H, W)
-            mask = torch.from_numpy(np.asarray(v.mask, np.float32))
-            mask = mask / 255.0 if float(mask.max()) > 1 else mask
+            mask = torch.from_numpy(_unit_mask(v.mask))
             h, w = mask.shape
             ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
             if len(ys) == 0:
@@ -164,6 +238,81 @@ def _sdf_branch(field: SurfaceField, out: dict, n: int, bg: torch.Tensor) -> tup
     return accumulate(w_s, values[:, :3].detach(), s.ray_idx, n) + (1 - op)[:, None] * bg, op
 
 
+def sh_basis(n: torch.Tensor) -> torch.Tensor:
+    """The nine real spherical-harmonic functions of order <= 2 (up to constants) at unit normals ``(m, 3)`` →
+    ``(m, 9)``: Ramamoorthi and Hanrahan's irradiance model, in which a Lambertian surface under any distant
+    lighting is, to ~1 %, a linear function of these.
+
+    Example::
+
+        >>> sh_basis(torch.tensor([[0., 0., 1.]])).tolist()
+        [[1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0]]
+    """
+    x, y, z = n.unbind(-1)
+    one = torch.ones_like(x)
+    return torch.stack([one, x, y, z, x * y, y * z, x * z, x * x - y * y, 3 * z * z - 1], dim=-1)
+
+
+def _sample_normals(field: SurfaceField, out: dict, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Unit SDF normals ``(m, 3)`` at a render's kept samples (finite differences: differentiable in the SDF)."""
+    s = out["samples"]
+    xs = field.space(o[s.ray_idx] + s.t[:, None] * d[s.ray_idx])
+    grad, _ = field.sdf_derivatives(xs)
+    return grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
+def _sdf_weights(field: SurfaceField, out: dict, n: int) -> torch.Tensor:
+    s = out["samples"]
+    w_s, _ = weights_from_density(field.sdf_density(out["values"][:, -1]), s.delta, s.ray_idx, n)
+    return w_s
+
+
+def shaded_sdf_grey(field: SurfaceField, out: dict, o: torch.Tensor, d: torch.Tensor, light: torch.Tensor,
+                    bg_grey: float) -> torch.Tensor:
+    """The SDF branch rendered as a grey Lambertian surface of uniform albedo under ``light`` (9 SH
+    coefficients, albedo folded in): ``sum_k w^s_k (Y(n_k) . light) + (1 - O^s) bg`` per ray ``(n,)``.
+
+    Only the geometry (weights and normals) carries gradient: this is how stage 2's σ term reaches the shape
+    (the radiance field's colour does not depend on the normal, so σ of its render can be matched by
+    painting edges instead of moving the surface)."""
+    n = o.shape[0]
+    w_s = _sdf_weights(field, out, n)
+    shade = sh_basis(_sample_normals(field, out, o, d)) @ light
+    op = accumulate(w_s, None, out["samples"].ray_idx, n)
+    return accumulate(w_s, shade[:, None], out["samples"].ray_idx, n)[:, 0] + (1 - op) * bg_grey
+
+
+@torch.no_grad()
+def fit_lighting(field: SurfaceField, occ, settings, pixels: "MaskedPixels", rays: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Least-squares SH lighting (9 grey coefficients, albedo folded in) that best explains the grey of the
+    neutral views' foreground pixels from the SDF branch's rendered normals; returns it and the fit's R²."""
+    from privnerf.face.operators import to_gray
+
+    o, d, rgb, mask = pixels.sample(rays, gen)
+    out = render_rays(field, occ, o, d, settings, jitter=False, keep_samples=True)
+    if len(out["samples"]) == 0:
+        return torch.zeros(9), 0.0
+    n = o.shape[0]
+    w_s = _sdf_weights(field, out, n)
+    op = accumulate(w_s, None, out["samples"].ray_idx, n)
+    normal = accumulate(w_s, _sample_normals(field, out, o, d), out["samples"].ray_idx, n)
+    keep = (op > 0.5) & (mask > 0.5)
+    a = sh_basis(normal[keep] / normal[keep].norm(dim=-1, keepdim=True).clamp(min=1e-6))
+    g = to_gray(rgb[keep])
+    if a.shape[0] < 9:
+        return torch.zeros(9), 0.0
+    light = torch.linalg.lstsq(a.double(), g.double()[:, None]).solution[:, 0].float()
+    r2 = 1.0 - float((a @ light - g).pow(2).mean() / g.var().clamp(min=1e-12))
+    return light, r2
+
+
+def patch_margin(spec) -> int:
+    """Pixels of a rendered patch's border where σ is not compared: there the blur and the differences read
+    the patch's padding. Two blur widths (95 % of the Gaussian's weight) and one for the differences."""
+    return int(math.ceil(2 * float(getattr(spec, "blur_sigma", 0.0)))) + 1
+
+
 def effective_config(cfg: FaceTrainConfig) -> FaceTrainConfig:
     """A copy of ``cfg`` as the face trainer runs it (what ``config.json`` holds): the core trainer's steps are
     the two stages', and the SDF is born (from the density branch) inside stage 1, at most half-way (in steps
@@ -186,12 +335,21 @@ class FaceTrainer:
             raise ValueError("face training needs the surface field (--train.field.kind surface)")
         self.cfg = cfg = effective_config(cfg)  # the caller's config stays as given
         self.trainer = Trainer(cfg.train, neutral, run_dir)
-        self.pixels = MaskedPixels(neutral)
+        self.pixels = MaskedPixels.of_scene(neutral)
         self.spec = spec
         self.patches = SensitivePatches(sensitive, spec, cfg.patch) if (sensitive and cfg.stage2_steps > 0) else None
+        if self.patches is not None and cfg.patch - 2 * patch_margin(spec) < 4:
+            raise ValueError(f"--patch {cfg.patch}: σ (blur {spec.blur_sigma:g} px) is compared {patch_margin(spec)} px "
+                             f"away from a patch's border, which leaves no 4x4 core; use --patch "
+                             f"{2 * patch_margin(spec) + 4} or more")
         if cfg.stage2_steps > 0 and self.patches is None:
             raise ValueError("stage 2 needs at least one sensitive view (or --stage2-steps 0 for rear-only)")
+        self.silhouettes = (MaskedPixels.of_sensitive(sensitive)
+                            if (sensitive and cfg.stage2_steps > 0 and cfg.sensitive_masks) else None)
         self.s1_grid: DenseGrid | None = None
+        self.light: torch.Tensor | None = None
+        self.light_r2: float | None = None
+        self._lit_at = -1
         self.history: list[dict] = []
 
     @property
@@ -237,29 +395,40 @@ class FaceTrainer:
             mask_term = mask_term + _bce(_sdf_branch(self.field, out, n, bg)[1], mask)
         loss = loss + self.cfg.mask_weight * mask_term
         terms["mask"] = float(mask_term.detach())
+        sil_on = self.cfg.silhouette_weight > 0 and self.field.sdf_active
+        if sil_on:
+            k = min(self.cfg.silhouette_rays, n)
+            sil = self._silhouette(o[:k], d[:k], mask[:k])
+            if stage2 and self.silhouettes is not None:
+                so, sd, _, smask = self.silhouettes.sample(self.cfg.silhouette_rays, t.generator)
+                sil = sil + self._silhouette(so, sd, smask)
+            loss = loss + self.cfg.silhouette_weight * sil
+            terms["silhouette"] = float(sil.detach())
         if stage2:
             from privnerf.face.operators import apply_operator, to_gray
 
             po, pd, target, pmask = self.patches.sample(self.cfg.patches, t.generator)
             r = render_rays(self.field, t.occ, po, pd, t.settings(), jitter=True, keep_samples=True)
             k, p = target.shape[0], self.cfg.patch
-            renders = [r["rgb"]]
+            greys = [to_gray(r["rgb"])]
             if self.field.scfg.mode == "dual" and len(r["samples"]) > 0:
                 c_s, op_s = _sdf_branch(self.field, r, po.shape[0], bg)
-                renders.append(c_s)
+                if self.cfg.shading:
+                    self._relight()
+                    greys.append(shaded_sdf_grey(self.field, r, po, pd, self.light, float(to_gray(bg))))
+                else:
+                    greys.append(to_gray(c_s))
             grad_term = 0.0
-            for c in renders:
-                img = c.reshape(k, p, p, 3).permute(0, 3, 1, 2)
-                sig = apply_operator(self.spec, to_gray(img, channel_axis=1, keepdim=True))
-                # compare away from the patch border, where the blur and differences read padding
-                m = self.spec_margin()
+            m = self.spec_margin()  # compare away from the patch border, where the blur and differences read padding
+            for g in greys:
+                sig = apply_operator(self.spec, g.reshape(k, 1, p, p))
                 grad_term = grad_term + (sig - target)[..., m:p - m, m:p - m].abs().mean()
             loss = loss + self.cfg.grad_weight * grad_term
             terms["grad"] = float(grad_term.detach())
             if self.cfg.sensitive_masks:
                 pm = pmask.reshape(-1)
                 sm = _bce(r["opacity"], pm)
-                if len(renders) > 1:
+                if len(greys) > 1:
                     sm = sm + _bce(op_s, pm)
                 loss = loss + self.cfg.mask_weight * sm
             if self.cfg.lipschitz_weight > 0:
@@ -269,17 +438,31 @@ class FaceTrainer:
         stats = t.apply_loss(loss, mse, out, n)
         stats.update(terms)
         stats["stage"] = 2 if stage2 else 1
+        if stage2 and self.light_r2 is not None:
+            stats["light_r2"] = self.light_r2
         return stats
 
+    def _relight(self) -> None:
+        t = self.trainer
+        if self.light is None or t.step_count - self._lit_at >= self.cfg.relight_every:
+            self.light, self.light_r2 = fit_lighting(self.field, t.occ, t.settings(), self.pixels,
+                                                     self.cfg.light_rays, t.generator)
+            self._lit_at = t.step_count
+
+    def _silhouette(self, o, d, mask) -> torch.Tensor:
+        return silhouette_loss(self.field, o, d, mask, self.cfg.silhouette_points,
+                               self.cfg.silhouette_width_voxels * self.field.voxel, self.trainer.generator)
+
     def spec_margin(self) -> int:
-        return int(math.ceil(3 * float(getattr(self.spec, "blur_sigma", 0.0)))) + 1
+        return patch_margin(self.spec)
 
     def save_checkpoint(self) -> None:
         """The core trainer's checkpoint plus ``checkpoints/face.pt``: stage 2's Lipschitz reference (the
         stage-1 SDF) and the loss history."""
         t = self.trainer
         ref = None if self.s1_grid is None else {"data": self.s1_grid.data.detach().cpu(), "aabb": self.s1_grid.aabb.cpu()}
-        atomic_torch_save({"step": t.step_count, "s1_grid": ref, "history": self.history},
+        atomic_torch_save({"step": t.step_count, "s1_grid": ref, "history": self.history, "light": self.light,
+                           "light_r2": self.light_r2, "lit_at": self._lit_at},
                           t.run_dir / "checkpoints" / "face.pt")
         t.save_checkpoint()
 
@@ -294,6 +477,7 @@ class FaceTrainer:
         if extra.exists():
             st = torch.load(extra, map_location="cpu", weights_only=False)
             self.history = list(st.get("history", []))
+            self.light, self.light_r2, self._lit_at = st.get("light"), st.get("light_r2"), st.get("lit_at", -1)
             ref = st.get("s1_grid")
             if ref is not None:
                 g = self.field.sdf_grid
@@ -366,9 +550,11 @@ def cli(argv: list[str]) -> int:
     d = FaceTrainConfig()
     for name in ("stage1_steps", "stage2_steps", "patches", "patch", "mesh_resolution"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("mask_weight", "grad_weight", "lipschitz_weight"):
+    for name in ("mask_weight", "grad_weight", "lipschitz_weight", "silhouette_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--no-sensitive-masks", action="store_true")
+    p.add_argument("--shading", action=argparse.BooleanOptionalAction, default=d.shading,
+                   help="stage 2's σ term sees the SDF shaded (Lambertian, SH lighting fitted on the neutral views)")
     p.add_argument("--surface-mode", choices=["dual", "sdf"], default="dual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -382,6 +568,7 @@ def cli(argv: list[str]) -> int:
     cfg = FaceTrainConfig(stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, patches=a.patches, patch=a.patch,
                           mesh_resolution=a.mesh_resolution, mask_weight=a.mask_weight, grad_weight=a.grad_weight,
                           lipschitz_weight=a.lipschitz_weight, sensitive_masks=not a.no_sensitive_masks,
+                          silhouette_weight=a.silhouette_weight, shading=a.shading,
                           quiet=a.quiet, train=_default_train_config())
     cfg.train.field.surface.mode = a.surface_mode
     cfg.train.seed = a.seed
