@@ -95,6 +95,8 @@ def main() -> int:
                    help="the SDF's silhouette (IDR mask) loss weight, every run (default: the trainer's)")
     p.add_argument("--shading", action=argparse.BooleanOptionalAction, default=None,
                    help="stage 2's σ term on the shaded SDF (default: the trainer's)")
+    p.add_argument("--hull-carve", action=argparse.BooleanOptionalAction, default=None,
+                   help="intersect each run's SDF with the visual hull of the masks it holds (default: the trainer's)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "face-head")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     a = p.parse_args()
@@ -135,6 +137,8 @@ def main() -> int:
             cfg.train.seed = 1
         if a.silhouette_weight is not None:
             cfg.silhouette_weight = a.silhouette_weight
+        if a.hull_carve is not None:
+            cfg.hull_carve = a.hull_carve
         if a.shading is not None and n2 > 0:
             cfg.shading = a.shading
         if name in a.reuse:
@@ -176,6 +180,8 @@ def main() -> int:
         c_floor = scores["full-seed1"]["tau_0.01"]["chamfer_l1"]
         gap_floor = (c_rear - c_obs) / (c_rear - c_floor) if c_rear > c_floor else None
 
+    iou = {n: silhouette_iou(m, obs.sensitive) for n, m in meshes.items()}
+
     # renders from the most frontal sensitive views
     from privnerf.data.io import write_image
     from privnerf.eval.mesh_render import render_mesh
@@ -200,7 +206,8 @@ def main() -> int:
               "neutral_views": obs.neutral.num_views, "sensitive_views": len(obs.sensitive),
               "steps": a.steps, "stage2_steps": s2, "runs": {n: {k: v for k, v in r.items() if k != "mesh_info"}
                                                              for n, r in runs.items()},
-              "face_region_vs_full": scores, "gap_closed": gap, "gap_closed_above_floor": gap_floor, "meets_target": None if gap is None else gap >= 0.7,
+              "face_region_vs_full": scores, "gap_closed": gap, "gap_closed_above_floor": gap_floor,
+              "sensitive_silhouette_iou": iou, "meets_target": None if gap is None else gap >= 0.7,
               "renders": renders,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=ROOT).stdout.strip(),
@@ -210,9 +217,36 @@ def main() -> int:
     from privnerf.face.report import write_report
 
     write_report(a.out / "report.html", result, obs_dir, a.results_dir)
-    print(json.dumps({"face_region_vs_full": scores, "gap_closed": gap, "gap_closed_above_floor": gap_floor},
+    print(json.dumps({"face_region_vs_full": scores, "gap_closed": gap, "gap_closed_above_floor": gap_floor,
+                      "sensitive_silhouette_iou": iou},
                      indent=1, default=float))
     return 0
+
+
+def silhouette_iou(mesh, views: list, scale: float = 0.25) -> dict:
+    """How well ``mesh``'s silhouette matches the masks of ``views`` (the σ views): per view, the IoU of the
+    mesh's silhouette (ray cast at ``scale`` of the view's size) with the mask (``>= MASK_THRESHOLD``) sampled
+    at the same pixel centres; also the mesh's area outside the mask and the mask's area the mesh misses,
+    each as a share of the mask's area. Returns their means and the smallest IoU."""
+    from privnerf.eval.mesh_render import render_mesh
+    from privnerf.face.head import MASK_THRESHOLD
+
+    ious, extra, missed = [], [], []
+    for v in views:
+        h, w = v.mask.shape
+        hh, ww = max(int(h * scale), 1), max(int(w * scale), 1)
+        sil = render_mesh(mesh, np.asarray(v.c2w), np.asarray(v.intrinsics, np.float64) * scale, hh, ww,
+                          mode="normals").sum(-1) > 0
+        ys = np.minimum(((np.arange(hh) + 0.5) / scale).astype(int), h - 1)
+        xs = np.minimum(((np.arange(ww) + 0.5) / scale).astype(int), w - 1)
+        m = np.asarray(v.mask)
+        gt = (m if m.max() > 1 else m * 255)[np.ix_(ys, xs)] >= MASK_THRESHOLD
+        area = max(int(gt.sum()), 1)
+        ious.append((sil & gt).sum() / max(int((sil | gt).sum()), 1))
+        extra.append((sil & ~gt).sum() / area)
+        missed.append((gt & ~sil).sum() / area)
+    return {"iou_mean": float(np.mean(ious)), "iou_min": float(np.min(ious)), "outside_mask": float(np.mean(extra)),
+            "mask_missed": float(np.mean(missed)), "views": len(views), "scale": scale}
 
 
 def figure(renders: dict, path: Path) -> None:

@@ -182,3 +182,30 @@ def test_silhouette_loss_moves_the_surface_toward_the_mask():
         return float(g[x - 2:x + 3, y - 2:y + 3, z - 2:z + 3].sum())
 
     assert near(0) < 0 < near(1)
+
+
+def test_mask_hull_carve_empties_what_the_masks_exclude_and_keeps_the_rest():
+    """The hull carve (s = max(s, d_hull)) makes solid outside the masks empty, leaves the solid inside the
+    masks as it was, and needs ``hull_min_views`` views to agree."""
+    from privnerf.face.head import MaskHull
+    from privnerf.face.train import FaceTrainConfig, FaceTrainer
+
+    scene = _tiny_masked_scene()
+    half = np.zeros((32, 32), np.uint8)
+    half[:, :16] = 255  # every view: only the left half (x < 0 at the box's centre plane) is the object
+    scene.masks = [half] * 4
+    pts = np.array([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    assert MaskHull([(scene.c2w[i], scene.intrinsics[i], half) for i in range(4)], 1, 4).outside(pts).tolist() == [False, True]
+    assert not MaskHull([(scene.c2w[i], scene.intrinsics[i], half) for i in range(4)], 1, 5).outside(pts).any()
+
+    ft = FaceTrainer(FaceTrainConfig(stage1_steps=1, stage2_steps=0, hull_tolerance_px=1, hull_min_views=2), scene, [], None, None)
+    f = ft.field
+    assert ft.carve() is None  # the SDF not born yet: nothing to carve
+    f.warm.fill_(True)
+    with torch.no_grad():
+        f.sdf_grid.data.fill_(-0.3)  # all solid
+    info = ft.carve()
+    with torch.no_grad():
+        s = f.sdf_space(torch.tensor(pts, dtype=torch.float32))
+    assert info["solid_removed"] > 0.2
+    assert float(s[0]) == pytest.approx(-0.3) and float(s[1]) > 0

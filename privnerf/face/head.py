@@ -19,7 +19,7 @@ from privnerf.data.errors import SceneError
 from privnerf.data.llff import load_llff
 from privnerf.data.scene import Scene
 
-__all__ = ["load_head", "project", "visual_hull_aabb", "aabb_near_far", "MASK_THRESHOLD"]
+__all__ = ["load_head", "project", "visual_hull_aabb", "aabb_near_far", "MaskHull", "MASK_THRESHOLD"]
 
 #: Mask value (0..255) from which a pixel counts as the object.
 MASK_THRESHOLD = 128
@@ -59,6 +59,62 @@ def _carve(points: np.ndarray, scene: Scene, min_seen: int) -> np.ndarray:
         keep &= ~inside | fg
         seen += inside
     return keep & (seen >= min_seen)
+
+
+class MaskHull:
+    """The visual hull of a set of masked views, with a tolerance for mask and pose error.
+
+    A point is *outside* when at least ``min_views`` views see it (in front of the camera, inside the image)
+    more than ``tolerance_px`` pixels away from their mask (``>= MASK_THRESHOLD``); a view that does not see
+    a point says nothing about it. The distance is each mask's Euclidean distance transform (scipy.ndimage),
+    computed once.
+
+    Example::
+
+        >>> import numpy as np
+        >>> c2w = np.eye(4); c2w[2, 3] = 3.0                        # a camera at z = 3 looking down -z
+        >>> mask = np.zeros((64, 64), np.uint8); mask[24:40, 24:40] = 255
+        >>> hull = MaskHull([(c2w, np.array([64., 64., 32., 32.]), mask)], tolerance_px=1)
+        >>> hull.outside(np.array([[0., 0., 0.], [1., 0., 0.], [0., 0., 9.]])).tolist()  # centre, beside, behind
+        [False, True, False]
+    """
+
+    def __init__(self, views: list, tolerance_px: float = 2.0, min_views: int = 1):
+        from scipy.ndimage import distance_transform_edt
+
+        self.tolerance_px, self.min_views = float(tolerance_px), max(int(min_views), 1)
+        self.views = []
+        for c2w, intrinsics, mask in views:
+            m = np.asarray(mask)
+            fg = m >= (MASK_THRESHOLD if m.dtype == np.uint8 or m.max() > 1 else MASK_THRESHOLD / 255.0)
+            self.views.append((np.asarray(c2w, np.float64), np.asarray(intrinsics, np.float64),
+                               distance_transform_edt(~fg).astype(np.float32)))
+
+    def outside(self, points: np.ndarray) -> np.ndarray:
+        """Boolean ``(P,)`` for world points ``(P, 3)``."""
+        points = np.asarray(points, np.float64)
+        votes = np.zeros(len(points), np.int32)
+        for c2w, intr, dist in self.views:
+            h, w = dist.shape
+            u, v, d = project(points, c2w, intr)
+            seen = (d > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            ui = np.clip(np.floor(np.nan_to_num(u)), 0, w - 1).astype(np.int64)
+            vi = np.clip(np.floor(np.nan_to_num(v)), 0, h - 1).astype(np.int64)
+            votes += seen & (dist[vi, ui] > self.tolerance_px)
+        return votes >= self.min_views
+
+    def signed_distance(self, points: np.ndarray, shape: tuple[int, int, int], spacing) -> np.ndarray:
+        """For ``points`` ``(X*Y*Z, 3)`` on a regular lattice of ``shape`` with ``spacing`` (world units per
+        step along each axis): the signed distance to the hull (positive outside, negative inside), by
+        distance transforms of the lattice's outside and inside sets. ``(X, Y, Z)`` float32."""
+        from scipy import ndimage
+
+        out = self.outside(points).reshape(shape)
+        if not out.any():
+            return np.full(shape, -np.inf, np.float32)
+        d_out = ndimage.distance_transform_edt(out, sampling=spacing)
+        d_in = ndimage.distance_transform_edt(~out, sampling=spacing)
+        return np.where(out, d_out, -d_in).astype(np.float32)
 
 
 def _grid(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

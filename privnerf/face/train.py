@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from privnerf.data.cameras import rays_from_pixels
 from privnerf.data.scene import Scene
 from privnerf.fields.encoding import DenseGrid
+from privnerf.face.head import MaskHull
 from privnerf.fields.surface_field import SurfaceField
 from privnerf.render.renderer import render_rays
 from privnerf.render.volume import accumulate, weights_from_density
@@ -86,6 +87,19 @@ class FaceTrainConfig:
     and in stage 2 on ``silhouette_rays`` pixels of the sensitive views' masks per step (measured on the head,
     docs/face.md: 0.1 closed 9 % of the face gap, 1.0 16 %)."""
     silhouette_rays: int = 2048
+    hull_carve: bool = True
+    """Intersect the SDF with the visual hull of every mask the run holds (:class:`~privnerf.face.head.MaskHull`:
+    ``s = max(s, d_hull)``, an exact CSG intersection) when stage 2 starts, every ``hull_every`` stage-2 steps
+    and when training ends. Space that the neutral cameras never saw is solid after the SDF's birth (the
+    warm start cannot call it empty); on the head that left a sheet above the forehead that the σ views'
+    silhouettes say is empty and the silhouette loss, which moves one point per ray, did not remove in
+    750 steps (docs/face.md)."""
+    hull_tolerance_px: float = 3.0
+    hull_min_views: int = 3
+    """A point is outside the hull when this many views see it more than ``hull_tolerance_px`` from their
+    mask: masks and poses disagree with the RGB surface by a few pixels (half the full reconstruction's face
+    lies > 3 px outside at least one mask), and a single-view 2 px hull shaved 0.2 % of the diagonal off it."""
+    hull_every: int = 250
     shading: bool = False
     """Stage 2's σ term on the SDF branch sees it shaded (Lambertian, grey SH lighting fitted on the neutral
     views, :func:`fit_lighting`), so that σ reaches the surface through its normals; off (default): the SDF
@@ -346,6 +360,11 @@ class FaceTrainer:
             raise ValueError("stage 2 needs at least one sensitive view (or --stage2-steps 0 for rear-only)")
         self.silhouettes = (MaskedPixels.of_sensitive(sensitive)
                             if (sensitive and cfg.stage2_steps > 0 and cfg.sensitive_masks) else None)
+        hull_views = [(neutral.c2w[i], neutral.intrinsics[i], neutral.masks[i]) for i in range(neutral.num_views)]
+        if self.silhouettes is not None:
+            hull_views += [(v.c2w, v.intrinsics, v.mask) for v in sensitive]
+        self.hull = MaskHull(hull_views, cfg.hull_tolerance_px, cfg.hull_min_views) if cfg.hull_carve else None
+        self._carved_at = -1
         self.s1_grid: DenseGrid | None = None
         self.light: torch.Tensor | None = None
         self.light_r2: float | None = None
@@ -356,7 +375,30 @@ class FaceTrainer:
     def field(self) -> SurfaceField:
         return self.trainer.field
 
+    @torch.no_grad()
+    def carve(self) -> dict | None:
+        """Intersect the SDF with the mask hull (``hull_carve``); returns what it did, or ``None`` (no hull, or
+        the SDF not born)."""
+        if self.hull is None or not self.field.sdf_active:
+            return None
+        f, t = self.field, self.trainer
+        g = f.sdf_grid
+        pts = f._grid_points(g).reshape(-1, 3).cpu().numpy()
+        spacing = ((g.aabb[1] - g.aabb[0]) / (torch.tensor(g.resolution, device=g.aabb.device) - 1)).cpu().numpy()
+        hs = torch.from_numpy(self.hull.signed_distance(pts, tuple(g.resolution), spacing)).to(g.data)[..., None]
+        before = g.data < 0
+        g.data.copy_(torch.maximum(g.data, hs))
+        removed = float((before & (g.data >= 0)).float().mean())
+        if t.skips_empty:
+            r = t.cfg.render
+            t.occ.update(t.occupancy_density, t.occ_step, r.occ_threshold, fraction=r.occ_fraction)
+        self._carved_at = t.step_count
+        info = {"event": "hull_carve", "step": t.step_count, "outside": float((hs > 0).float().mean()), "solid_removed": removed}
+        t.events.append(info)
+        return info
+
     def _begin_stage2(self) -> None:
+        self.carve()
         g = self.field.sdf_grid
         self.s1_grid = DenseGrid(g.resolution, 1, g.aabb.clone())
         self.s1_grid.data = torch.nn.Parameter(g.data.detach().clone(), requires_grad=False)
@@ -382,6 +424,8 @@ class FaceTrainer:
         stage2 = t.step_count >= self.cfg.stage1_steps
         if stage2 and self.s1_grid is None:
             self._begin_stage2()
+        elif stage2 and self.hull is not None and t.step_count - self._carved_at >= self.cfg.hull_every:
+            self.carve()
         t.maintenance()
         o, d, rgb, mask = self.pixels.sample(t.cfg.optim.batch_rays, t.generator)
         loss, mse, out = t.compute_loss((o, d, rgb))
@@ -505,6 +549,7 @@ class FaceTrainer:
                 self.save_checkpoint()
                 last_ckpt = time.perf_counter()
         bar.close()
+        self.carve()
         if t.run_dir is not None:
             self.save_checkpoint()
         return {"steps": t.step_count, "train_time_s": t.train_time, "wall_s": time.perf_counter() - t_start,
@@ -555,6 +600,11 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--no-sensitive-masks", action="store_true")
     p.add_argument("--shading", action=argparse.BooleanOptionalAction, default=d.shading,
                    help="stage 2's σ term sees the SDF shaded (Lambertian, SH lighting fitted on the neutral views)")
+    p.add_argument("--hull-carve", action=argparse.BooleanOptionalAction, default=d.hull_carve,
+                   help="intersect the SDF with the visual hull of every mask in --data (stage 2's start, every "
+                        "--hull-every steps, the end)")
+    p.add_argument("--hull-tolerance-px", type=float, default=d.hull_tolerance_px)
+    p.add_argument("--hull-min-views", type=int, default=d.hull_min_views)
     p.add_argument("--surface-mode", choices=["dual", "sdf"], default="dual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -568,7 +618,8 @@ def cli(argv: list[str]) -> int:
     cfg = FaceTrainConfig(stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, patches=a.patches, patch=a.patch,
                           mesh_resolution=a.mesh_resolution, mask_weight=a.mask_weight, grad_weight=a.grad_weight,
                           lipschitz_weight=a.lipschitz_weight, sensitive_masks=not a.no_sensitive_masks,
-                          silhouette_weight=a.silhouette_weight, shading=a.shading,
+                          silhouette_weight=a.silhouette_weight, shading=a.shading, hull_carve=a.hull_carve,
+                          hull_tolerance_px=a.hull_tolerance_px, hull_min_views=a.hull_min_views,
                           quiet=a.quiet, train=_default_train_config())
     cfg.train.field.surface.mode = a.surface_mode
     cfg.train.seed = a.seed
