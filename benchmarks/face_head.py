@@ -89,7 +89,7 @@ def main() -> int:
                         "the face-region scores (two reconstructions from the same photos)")
     p.add_argument("--reuse", nargs="+", default=[], choices=["full", "rear-only", "obscured", "full-seed1"],
                    help="keep these finished runs when their settings (and, for obscured, the operator) are the same")
-    p.add_argument("--grad-weight", type=float, default=1.0, help="stage 2's σ loss weight")
+    p.add_argument("--grad-weight", type=float, default=None, help="stage 2's σ loss weight (default: the trainer's)")
     p.add_argument("--lipschitz-weight", type=float, default=0.1, help="stage 2's Lipschitz weight")
     p.add_argument("--silhouette-weight", type=float, default=None,
                    help="the SDF's silhouette (IDR mask) loss weight, every run (default: the trainer's)")
@@ -131,7 +131,9 @@ def main() -> int:
         cfg = FaceTrainConfig(stage1_steps=n1, stage2_steps=n2, mesh_resolution=a.resolution, quiet=True,
                               train=_default_train_config())
         if n2 > 0:  # stage 2's weights: runs without it keep the defaults (and stay reusable)
-            cfg.grad_weight, cfg.lipschitz_weight = a.grad_weight, a.lipschitz_weight
+            cfg.lipschitz_weight = a.lipschitz_weight
+            if a.grad_weight is not None:
+                cfg.grad_weight = a.grad_weight
         cfg.train.field.grid.max_voxels = a.max_voxels
         if name == "full-seed1":
             cfg.train.seed = 1

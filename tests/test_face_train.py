@@ -141,7 +141,7 @@ def test_face_train_checkpoints_and_resumes(tmp_path, capsys):
 def test_patch_too_small_for_the_blur_is_refused():
     from privnerf.face.train import FaceTrainConfig, FaceTrainer, patch_margin
 
-    spec = OperatorSpec("gradmag")  # blur 4: compared 9 px inside each border
+    spec = OperatorSpec("gradmag", blur_sigma=4.0)  # compared 9 px inside each border
     assert patch_margin(spec) == 9
     codes = np.zeros((1, 40, 40), np.uint8)
     view = SensitiveView(np.eye(4, dtype=np.float32), np.array([40.0, 40.0, 20.0, 20.0], np.float32), codes,

@@ -1,6 +1,6 @@
 """``privnerf face obscure|train``: Identity-Obscured NeRF (privacy-preserving head reconstruction).
 
-* ``privnerf face obscure --data HEAD --out DIR [--operator gradmag|signed] [--blur 4.0] [--levels 2|4]
+* ``privnerf face obscure --data HEAD --out DIR [--operator gradmag|signed] [--blur 6.0] [--levels 2|4]
   [--clip 0.05] [--face-direction X,Y,Z | auto] [--neutral-angle 90] [--factor 8] [--overwrite] [--quiet]``:
   the person's side: neutral views keep RGB, sensitive views only σ codes (:mod:`privnerf.face.obscure`
   documents DIR).
