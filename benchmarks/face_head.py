@@ -55,6 +55,11 @@ def crop_cone(mesh, centre: np.ndarray, direction: np.ndarray, cone_deg: float):
     return m
 
 
+#: FaceTrainConfig fields that only stage 2 reads.
+STAGE2_ONLY = ("grad_weight", "lipschitz_weight", "patches", "patch", "shading", "relight_every", "light_rays",
+               "hull_every")
+
+
 def same_run(out: Path, cfg, spec) -> bool:
     """Whether ``out`` holds a finished run of ``cfg`` (and, for a run with σ views, of operator ``spec``)."""
     from privnerf.face.train import effective_config
@@ -62,9 +67,12 @@ def same_run(out: Path, cfg, spec) -> bool:
 
     if not all((out / f).exists() for f in ("results.json", "mesh.ply", "config.json")):
         return False
-    stored = json.loads((out / "config.json").read_text())
+    def comparable(d: dict) -> dict:  # a run without stage 2 does not depend on stage 2's settings
+        return {k: v for k, v in d.items() if k not in STAGE2_ONLY} if cfg.stage2_steps == 0 else d
+
+    stored = comparable(json.loads((out / "config.json").read_text()))
     # run_face stores the effective config; before 2026-12-06 it stored the config as given
-    if stored not in [json.loads(json.dumps(config_to_dict(c))) for c in (effective_config(cfg), cfg)]:
+    if stored not in [comparable(json.loads(json.dumps(config_to_dict(c)))) for c in (effective_config(cfg), cfg)]:
         return False
     if spec is None:
         return True

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -262,6 +263,8 @@ def main() -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).resolve().parents[1]).stdout.strip(),
         "data": str(root),
         "operator": {"blur_sigma": a.blur, "levels": a.levels, "signed_levels": a.signed_levels, "clip": a.clip},
         "detector_protocol": {"crop": "mask box + 10% of its height", "heights": list(fa.HEAD_HEIGHTS),
