@@ -209,3 +209,24 @@ def test_mask_hull_carve_empties_what_the_masks_exclude_and_keeps_the_rest():
         s = f.sdf_space(torch.tensor(pts, dtype=torch.float32))
     assert info["solid_removed"] > 0.2
     assert float(s[0]) == pytest.approx(-0.3) and float(s[1]) > 0
+
+
+@needs_head
+def test_sigma_weight_zero_renders_no_patches_but_keeps_the_lipschitz_term(tmp_path, monkeypatch):
+    from privnerf.cli.main import main
+    from privnerf.face.obscure import load_obscured
+    from privnerf.face.train import FaceTrainConfig, FaceTrainer, SensitivePatches
+
+    obs = tmp_path / "obs"
+    assert main(["face", "obscure", "--data", str(HEAD), "--out", str(obs), "--face-direction=-0.768,0.612,0.191"]) == 0
+    data = load_obscured(obs)
+
+    def no_patches(*a, **k):
+        raise AssertionError("σ patches rendered at σ weight 0")
+
+    monkeypatch.setattr(SensitivePatches, "sample", no_patches)
+    ft = FaceTrainer(FaceTrainConfig(stage1_steps=1, stage2_steps=1, grad_weight=0.0, quiet=True), data.neutral,
+                     data.sensitive, data.spec, None)
+    ft.step()
+    stats = ft.step()
+    assert stats["stage"] == 2 and "grad" not in stats and "lipschitz" in stats

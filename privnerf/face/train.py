@@ -75,7 +75,8 @@ class FaceTrainConfig:
     mask_weight: float = 0.05
     """Binary cross-entropy of each branch's opacity against the view's mask."""
     grad_weight: float = 0.1
-    """Weight of the σ (gradient image) loss on the sensitive views. Measured on the head with the mask hull
+    """Weight of the σ (gradient image) loss on the sensitive views (0: the σ patches are not rendered, and
+    stage 2 is the σ views' masks alone). Measured on the head with the mask hull
     (docs/face.md): 1 wrinkles the surface (face Chamfer 0.216 %, normal consistency 0.87), 0.1 and 0 tie
     (0.194 / 0.195 %, 0.91 / 0.92); σ carries little shape there, the masks carry the silhouette."""
     lipschitz_weight: float = 0.1
@@ -460,7 +461,7 @@ class FaceTrainer:
                 sil = sil + self._silhouette(so, sd, smask)
             loss = loss + self.cfg.silhouette_weight * sil
             terms["silhouette"] = float(sil.detach())
-        if stage2:
+        if stage2 and self.cfg.grad_weight > 0:  # at weight 0 the patches are not rendered (their mask term goes too)
             from privnerf.face.operators import apply_operator, to_gray
 
             po, pd, target, pmask = self.patches.sample(self.cfg.patches, t.generator)
@@ -487,6 +488,7 @@ class FaceTrainer:
                 if len(greys) > 1:
                     sm = sm + _bce(op_s, pm)
                 loss = loss + self.cfg.mask_weight * sm
+        if stage2:
             if self.cfg.lipschitz_weight > 0:
                 lip = self._lipschitz()
                 loss = loss + self.cfg.lipschitz_weight * lip
