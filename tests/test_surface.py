@@ -297,6 +297,7 @@ def test_coupling_moves_only_the_sdf():
     assert float(f.density_grid.grad_buffer().abs().sum()) == 0
     # the SDF branch's photometric term moves only the SDF too, unless photo_reaches_colours
     f.scfg.coupling_weight = 0.0
+    f.scfg.photo_colour_share = 0.0
     for reaches in (False, True):
         f.scfg.photo_reaches_colours = reaches
         out = render_rays(t.field, t.occ, batch[0], batch[1], settings, jitter=True, keep_samples=True)
@@ -309,6 +310,20 @@ def test_coupling_moves_only_the_sdf():
         assert (float(f.feature_grid.grad_buffer().abs().sum()) > 0) == reaches
         assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in f.rgb_net.parameters()) == reaches
         assert all(p.requires_grad for p in f.parameters())  # frozen only while the term was formed
+    # a colour share: a scaled part of the gradient reaches the colour grids, none the shading network
+    f.scfg.photo_reaches_colours = False
+    feature_grads = []
+    for share in (0.1, 1.0):
+        f.scfg.photo_colour_share = share
+        for g in t.field.grids():
+            g.grad_buffer().zero_()
+        for p in f.rgb_net.parameters():
+            p.grad = None
+        out = render_rays(t.field, t.occ, batch[0], batch[1], settings, jitter=False, keep_samples=True)
+        t._surface_terms(out, batch[0], batch[1], settings, batch[2]).backward()
+        feature_grads.append(float(f.feature_grid.grad_buffer().abs().sum()))
+        assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in f.rgb_net.parameters())
+    assert feature_grads[0] > 0 and feature_grads[0] == pytest.approx(0.1 * feature_grads[1], rel=0.05)
 
 
 def test_culling_keeps_what_either_branch_weights():

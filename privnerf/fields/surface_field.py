@@ -117,6 +117,12 @@ class SurfaceFieldConfig:
     density field does. Measured at 600 s (the SDF born at 85 %): lego 29.29 dB off, 27.11 dB on (the density
     field: 29.35 dB); the built-in mesh F-score at 1 % 0.84 off, 0.90 on: the two scenes want opposite
     settings (docs/notes/surface-rounds.md, "Fourth round")."""
+    photo_colour_share: float = 0.1
+    """dual mode, ``photo_reaches_colours`` off: the share of the SDF branch's photometric gradient that reaches
+    the colour values (grids; the shading network stays out of it): 0 none, 1 all of it. Measured at 600 s
+    (2026-12-06 night): 0.1 meets the built-in mesh bars (Chamfer 0.46 %, F @ 1 % 0.904) and keeps lego within
+    0.37 dB of the density field (29.13 against 29.51 dB); 0 missed the built-in bars (0.58 %, 0.84), all of
+    it (``photo_reaches_colours``) cost lego 2.2 dB."""
     coupling_opacity_weight: float = 0.0
     """dual mode: weight of ``mean (O_s - sg(O_d))^2``, the density branch's opacity as a label too."""
     coupling_depth_weight: float = 0.0

@@ -401,7 +401,12 @@ class Trainer:
             if f.scfg.photo_weight > 0 and target is not None:
                 reach = f.scfg.photo_reaches_colours  # off: colours and shading are constants, the SDF's weights move
                 with contextlib.nullcontext() if reach else frozen(f):
-                    v = values if reach else values.detach()
+                    share = 1.0 if reach else f.scfg.photo_colour_share
+                    v = values.detach()
+                    if share >= 1.0:
+                        v = values
+                    elif share > 0:  # the value is the same; the gradient reaching the colours is scaled by share
+                        v = v + share * (values - v)
                     full = composite(f.finish(accumulate(w_s, v, s.ray_idx, n), op_s, dirs), op_s, bg)
                 terms["photo_sdf"] = f.scfg.photo_weight * torch.mean((full - target) ** 2)
             if f.scfg.coupling_opacity_weight > 0:
