@@ -230,3 +230,13 @@ def test_sigma_weight_zero_renders_no_patches_but_keeps_the_lipschitz_term(tmp_p
     ft.step()
     stats = ft.step()
     assert stats["stage"] == 2 and "grad" not in stats and "lipschitz" in stats
+
+
+def test_mask_hull_refuses_a_negative_tolerance_or_no_views():
+    from privnerf.face.head import MaskHull
+
+    view = (np.eye(4), np.array([8.0, 8.0, 4.0, 4.0]), np.full((8, 8), 255, np.uint8))
+    with pytest.raises(ValueError, match="tolerance"):
+        MaskHull([view], -1.0)
+    with pytest.raises(ValueError, match="min views"):
+        MaskHull([view], 2.0, 0)

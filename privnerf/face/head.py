@@ -47,18 +47,9 @@ def project(points: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> tupl
 
 def _carve(points: np.ndarray, scene: Scene, min_seen: int) -> np.ndarray:
     """Boolean ``(P,)``: inside the silhouette of every view that sees the point, and seen by >= min_seen."""
-    keep = np.ones(len(points), bool)
-    seen = np.zeros(len(points), np.int32)
-    for i in range(scene.num_views):
-        h, w = scene.hw(i)
-        u, v, d = project(points, scene.c2w[i], scene.intrinsics[i])
-        inside = (d > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        ui = np.clip(np.floor(np.nan_to_num(u)), 0, w - 1).astype(np.int64)
-        vi = np.clip(np.floor(np.nan_to_num(v)), 0, h - 1).astype(np.int64)
-        fg = scene.masks[i][vi, ui] >= MASK_THRESHOLD
-        keep &= ~inside | fg
-        seen += inside
-    return keep & (seen >= min_seen)
+    hull = MaskHull([(scene.c2w[i], scene.intrinsics[i], scene.masks[i]) for i in range(scene.num_views)], 0.0, 1)
+    outside, seen = hull.votes(points)
+    return (outside == 0) & (seen >= min_seen)
 
 
 class MaskHull:
@@ -82,7 +73,11 @@ class MaskHull:
     def __init__(self, views: list, tolerance_px: float = 2.0, min_views: int = 1):
         from scipy.ndimage import distance_transform_edt
 
-        self.tolerance_px, self.min_views = float(tolerance_px), max(int(min_views), 1)
+        if not (np.isfinite(tolerance_px) and tolerance_px >= 0):
+            raise ValueError(f"hull tolerance must be >= 0 pixels, got {tolerance_px!r}")
+        if int(min_views) < 1:
+            raise ValueError(f"hull min views must be >= 1, got {min_views!r}")
+        self.tolerance_px, self.min_views = float(tolerance_px), int(min_views)
         self.views = []
         for c2w, intrinsics, mask in views:
             m = np.asarray(mask)
@@ -92,8 +87,14 @@ class MaskHull:
 
     def outside(self, points: np.ndarray) -> np.ndarray:
         """Boolean ``(P,)`` for world points ``(P, 3)``."""
+        return self.votes(points)[0] >= self.min_views
+
+    def votes(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per world point ``(P, 3)``: how many views see it beyond the tolerance outside their mask, and how
+        many views see it at all (``(P,)`` int32 each)."""
         points = np.asarray(points, np.float64)
         votes = np.zeros(len(points), np.int32)
+        seen_by = np.zeros(len(points), np.int32)
         for c2w, intr, dist in self.views:
             h, w = dist.shape
             u, v, d = project(points, c2w, intr)
@@ -101,7 +102,8 @@ class MaskHull:
             ui = np.clip(np.floor(np.nan_to_num(u)), 0, w - 1).astype(np.int64)
             vi = np.clip(np.floor(np.nan_to_num(v)), 0, h - 1).astype(np.int64)
             votes += seen & (dist[vi, ui] > self.tolerance_px)
-        return votes >= self.min_views
+            seen_by += seen
+        return votes, seen_by
 
     def signed_distance(self, points: np.ndarray, shape: tuple[int, int, int], spacing) -> np.ndarray:
         """For ``points`` ``(X*Y*Z, 3)`` on a regular lattice of ``shape`` with ``spacing`` (world units per
