@@ -298,7 +298,7 @@ def _sphere_run(tmp_path):
     axes = [torch.linspace(float(g.aabb[0, i]), float(g.aabb[1, i]), g.resolution[i]) for i in range(3)]
     xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
     # raw density: at the export's default level on the sphere, 40 per unit length more inside
-    level = math.log(2.0) / trainer.settings(inference=True).step
+    level = math.log(2.0) / (4 * trainer.settings(inference=True).step)
     raw_level = math.log(math.expm1(level)) - trainer.field.shift
     with torch.no_grad():
         g.data[..., 0] = raw_level + 40.0 * (0.5 - xyz.norm(dim=-1))

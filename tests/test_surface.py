@@ -351,6 +351,36 @@ def test_culling_keeps_what_either_branch_weights():
     assert bool((xs < 0.05).any())  # and the SDF branch's own surface at x = 0
 
 
+@pytest.mark.parametrize("mode", ["dual", "sdf"])
+def test_fused_cull_of_both_branches_matches_the_two_pass_path(mode):
+    """The compiled march-and-cull kernel with the SDF branch keeps exactly the samples the two-pass path
+    (march, both branches' weights without gradient, keep what either weights) keeps."""
+    from privnerf.fields.ext import load_grid_ext
+    from privnerf.render.occupancy import OccupancyGrid
+    from privnerf.render.renderer import RenderSettings, select_samples
+
+    if load_grid_ext() is None:
+        pytest.skip("no compiled CPU kernels here (no compiler): the fused path does not run")
+    f = make(mode=mode, box_margin=0.0)
+    with torch.no_grad():
+        pts = f._grid_points(f.density_grid).reshape(-1, 3)
+        f.density_grid.data.copy_((8.0 - 30.0 * (pts - 0.2).norm(dim=-1, keepdim=True)).reshape(f.density_grid.data.shape))
+        f.sdf_grid.data.copy_((pts + 0.1).norm(dim=-1, keepdim=True).sub(0.4).reshape(f.sdf_grid.data.shape))
+        f.log_beta.fill_(math.log(0.03))
+        f.warm.fill_(True)
+    g = torch.Generator().manual_seed(0)
+    o = torch.tensor([0.0, 0.0, 2.5]) + torch.randn(400, 3, generator=g) * 0.2
+    d = torch.nn.functional.normalize(torch.randn(400, 3, generator=g) * 0.3 - o, dim=-1)
+    occ = OccupancyGrid(f.space.box, 16)
+    settings = RenderSettings(near=0.0, far=5.0, step=0.01, background=torch.ones(3), weight_threshold=1e-4)
+    fused = select_samples(f, occ, o, d, settings)
+    f.sdf_branch = lambda: None  # the two-pass path
+    ref = select_samples(f, occ, o, d, settings)
+    assert len(fused) > 1000
+    assert torch.equal(fused.ray_idx, ref.ray_idx)
+    assert torch.allclose(fused.t, ref.t, atol=1e-5)
+
+
 def test_surface_box_has_room_under_the_scene_box():
     """The surface field's box is the scene box grown by box_margin of its longest side (an SDF needs room on
     both sides of a surface on the scene box's face), and a shrunk box keeps that margin around the content."""

@@ -2,8 +2,8 @@
 
 * ``mesh --checkpoint RUN --out mesh.ply|.obj [--resolution N] [--threshold T]``: the run's surface as a
   vertex-coloured triangle mesh in the scene's world frame (:func:`privnerf.export.mesh.mesh_from_run`): the
-  zero level set of the field's signed distance if it has one, else the density at which one inference render
-  step is half opaque (``ln 2 / step``), or ``--threshold``.
+  zero level set of the field's signed distance if it has one, else the density at which four inference
+  render steps are half opaque (``ln 2 / (4 step)``), or ``--threshold``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def run(argv: list[str]) -> int:
     m.add_argument("--out", required=True, type=Path, help="mesh file, .ply or .obj")
     m.add_argument("--resolution", type=int, default=256, help="grid points along the box's longest axis")
     m.add_argument("--threshold", type=float, default=None,
-                   help="level of the surface: a density (default ln 2 / inference step) or, for a field "
+                   help="level of the surface: a density (default ln 2 / (4 inference steps)) or, for a field "
                         "with a signed distance, a distance (default 0)")
     add_common(m)
     a = p.parse_args(argv)

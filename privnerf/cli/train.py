@@ -81,6 +81,7 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
         "threads": threads,
         "curve": trainer.curve,
         "events": trainer.events,
+        "timeline": trainer.timeline,
         "curve_images": cfg.eval_curve_images,
         "per_image": metrics["per_image"],
     }

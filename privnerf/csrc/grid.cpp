@@ -236,8 +236,15 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
                                           torch::Tensor t_end, torch::Tensor offset, double step_d,
                                           torch::Tensor occ, torch::Tensor box, torch::Tensor density,
                                           torch::Tensor dbox, double shift, double weight_thr, double t_min_trans,
-                                          torch::Tensor density2, torch::Tensor dbox2, double shift2) {
+                                          torch::Tensor density2, torch::Tensor dbox2, double shift2,
+                                          torch::Tensor sdf, torch::Tensor sbox, double beta_d, int64_t sdf_mode) {
+  // sdf_mode 0: density (+ density2) only. 1 (a dual surface field): a second branch, VolSDF's Laplace density
+  // of the signed distance grid `sdf` (box `sbox`, scale beta), inside the density grid's box, with its own
+  // transmittance: a sample is kept when either branch weights it above weight_thr and a ray stops once both
+  // branches are opaque. 2 (the SDF alone): the SDF branch only.
   check(density, origins);
+  const bool has_sdf = sdf_mode != 0;
+  if (has_sdf) check(sdf, origins);
   const bool two = density2.numel() > 0;
   if (two) check(density2, origins);
   const int64_t N = origins.size(0);
@@ -260,6 +267,12 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
   const float* eb = two ? dbox2.data_ptr<float>() : db;
   const float sh2 = float(shift2);
   const float ex = (EX - 1) / (eb[3] - eb[0]), ey = (EY - 1) / (eb[4] - eb[1]), ez = (EZ - 1) / (eb[5] - eb[2]);
+  const int64_t SX = has_sdf ? sdf.size(0) : 2, SY = has_sdf ? sdf.size(1) : 2, SZ = has_sdf ? sdf.size(2) : 2;
+  const float* sd = has_sdf ? sdf.data_ptr<float>() : nullptr;
+  const float* sb = has_sdf ? sbox.data_ptr<float>() : db;
+  const float qx = (SX - 1) / (sb[3] - sb[0]), qy = (SY - 1) / (sb[4] - sb[1]), qz = (SZ - 1) / (sb[5] - sb[2]);
+  const float beta = float(beta_d);
+  const bool dens_branch = sdf_mode != 2;
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(N, 256));
   const int64_t per = (N + n_chunks - 1) / n_chunks;
   std::vector<std::vector<int64_t>> out_r(n_chunks);
@@ -272,7 +285,8 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
       for (int64_t i = c * per; i < std::min(N, (c + 1) * per); ++i) {
         const float ox = o[3 * i], oy = o[3 * i + 1], oz = o[3 * i + 2];
         const float dx = d[3 * i], dy = d[3 * i + 1], dz = d[3 * i + 2];
-        float trans = 1.f;
+        float trans = dens_branch ? 1.f : 0.f;
+        float trans_s = has_sdf ? 1.f : 0.f;
         for (float t = ts[i] + off[i] * step; t < te[i]; t += step) {
           const float px = ox + t * dx, py = oy + t * dy, pz = oz + t * dz;
           const int64_t ix = int64_t((px - b[0]) * sx), iy = int64_t((py - b[1]) * sy), iz = int64_t((pz - b[2]) * sz);
@@ -281,6 +295,23 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
           const bool in1 = !(px < db[0] || py < db[1] || pz < db[2] || px > db[3] || py > db[4] || pz > db[5]);
           const bool in2 = two && !(px < eb[0] || py < eb[1] || pz < eb[2] || px > eb[3] || py > eb[4] || pz > eb[5]);
           if (!in1 && !in2) continue;
+          bool keep = false;
+          if (has_sdf && in1 && trans_s >= tmin) {
+            const float q[3] = {(px - sb[0]) * qx, (py - sb[1]) * qy, (pz - sb[2]) * qz};
+            cell_of(q, SX, SY, SZ, 1, cell);
+            float s = 0.f;
+            for (int k = 0; k < 8; ++k) s += cell.w[k] * sd[cell.base[k]];
+            const float e = 0.5f * std::exp(-std::fabs(s) / beta);
+            const float sigma_s = (s > 0.f ? e : 1.f - e) / beta;
+            const float alpha_s = 1.f - std::exp(-sigma_s * step);
+            keep = trans_s * alpha_s > wthr;
+            trans_s *= 1.f - alpha_s;
+          }
+          if (!dens_branch || trans < tmin) {
+            if (keep) { vr.push_back(i); vt.push_back(t); }
+            if (trans < tmin && trans_s < tmin) break;
+            continue;
+          }
           float sigma = 0.f;
           if (in1) {
             const float q[3] = {(px - db[0]) * gx, (py - db[1]) * gy, (pz - db[2]) * gz};
@@ -297,9 +328,9 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
             sigma += raw > 20.f ? raw : std::log1p(std::exp(raw));
           }
           const float alpha = 1.f - std::exp(-sigma * step);
-          if (trans * alpha > wthr) { vr.push_back(i); vt.push_back(t); }
+          if (keep || trans * alpha > wthr) { vr.push_back(i); vt.push_back(t); }
           trans *= 1.f - alpha;
-          if (trans < tmin) break;
+          if (trans < tmin && trans_s < tmin) break;
         }
       }
     }

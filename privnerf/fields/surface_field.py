@@ -282,6 +282,13 @@ class SurfaceField(GridField):
         march-and-cull kernel applies; after it the march covers both branches, which that kernel cannot."""
         return self.scfg.mode == "dual" and not self.sdf_active
 
+    def sdf_branch(self) -> tuple[torch.Tensor, torch.Tensor, float, str] | None:
+        """What the fused march-and-cull kernel needs to cull for the SDF branch once it is active: the SDF
+        grid's values ``(X, Y, Z, 1)``, its box ``(2, 3)``, ``beta`` and the mode; ``None`` before the birth."""
+        if not self.sdf_active:
+            return None
+        return self.sdf_grid.data, self.sdf_grid.aabb, float(self.beta.detach()), self.scfg.mode
+
     # -- the SDF branch ---------------------------------------------------------------------------------
     @property
     def voxel(self) -> float:

@@ -100,12 +100,22 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
     ``extra`` (optional): a second field with ``density_grid`` and ``shift`` over the same space whose
     density adds to the first (a personal field's bound). Not applicable when ``extra`` carries an ``exclusion``
     (the kernel reads its density grid directly and would count density the exclusion removes).
+
+    A field whose density is not its density grid's alone applies only if it offers ``sdf_branch()``: a
+    surface field's signed distance grid, box, Laplace scale and mode (``dual``: a second branch with its own
+    transmittance, a sample kept when either branch weights it, as :meth:`SurfaceField.branch_densities`
+    culls; ``sdf``: that branch alone).
     """
     grid = getattr(field, "density_grid", None)
     ext = load_grid_ext() if origins.device.type == "cpu" else None
+    sdf = field.sdf_branch() if hasattr(field, "sdf_branch") else None
     if (grid is None or ext is None or field.space.contraction or origins.device.type != "cpu" or not grid.sparse
-            or not getattr(field, "density_is_grid", True) or getattr(extra, "exclusion", None) is not None):
+            or (not getattr(field, "density_is_grid", True) and sdf is None)
+            or getattr(extra, "exclusion", None) is not None):
         return None
+    if sdf is None:
+        sdf = (torch.empty(0), torch.empty(0), 1.0, "none")
+    sdf_data, sdf_box, beta, mode = sdf
     n = origins.shape[0]
     offset = torch.rand(n) if jitter else torch.full((n,), 0.5)
     t0, t1 = ray_aabb(origins, dirs, occ.box)
@@ -113,7 +123,8 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
         origins.float().contiguous(), dirs.float().contiguous(), t0.clamp(min=near).contiguous(),
         t1.clamp(max=far).contiguous(), offset, float(step), occ.binary.contiguous(), occ.box.contiguous(),
         grid.data.detach().contiguous(), grid.aabb.contiguous(), float(field.shift), float(weight_threshold),
-        float(min_transmittance), *_second_density(extra),
+        float(min_transmittance), *_second_density(extra), sdf_data.detach().contiguous(), sdf_box.contiguous(),
+        float(beta), {"none": 0, "dual": 1, "sdf": 2}[mode],
     )
     return Samples(ray_idx, t, torch.full_like(t, step))
 

@@ -99,6 +99,9 @@ class Trainer:
         run_dir: where checkpoints, renders and results go.
     """
 
+    TIMELINE_EVERY_S = 10.0
+    """Training seconds between two :attr:`timeline` marks."""
+
     def __init__(self, cfg: TrainConfig, scene: Scene, run_dir: Path | None = None):
         self.cfg = cfg
         self.scene = scene
@@ -131,6 +134,9 @@ class Trainer:
         self.curve: list[dict[str, float]] = []
         self.events: list[dict[str, Any]] = []
         """One-off moments of training (the surface field's SDF warm start), with step and training time."""
+        self.timeline: list[dict[str, float]] = []
+        """``{"time_s", "step"}`` every :attr:`TIMELINE_EVERY_S` seconds of training (:meth:`train`): the speed
+        over any window of a run (the surface benchmark compares two runs' steps in the same window)."""
 
     @property
     def pixels(self) -> PixelSampler:
@@ -481,6 +487,9 @@ class Trainer:
         rays = samples = 0.0
         window_t = 0.0
         stats: dict[str, float] = {}
+        if not self.timeline:
+            self.timeline.append({"time_s": self.train_time, "step": self.step_count})
+        next_mark = (math.floor(self.train_time / self.TIMELINE_EVERY_S) + 1) * self.TIMELINE_EVERY_S
         while not self.done():
             t0 = time.perf_counter()
             stats = self.step()
@@ -494,6 +503,9 @@ class Trainer:
                                 samples_s=f"{samples / window_t:,.0f}", t=f"{self.train_time:.0f}s")
                 self.last_stats = {"rays_per_s": rays / window_t, "samples_per_s": samples / window_t, **stats}
             bar.update(1)
+            if self.train_time >= next_mark or self.done():
+                self.timeline.append({"time_s": self.train_time, "step": self.step_count})
+                next_mark = (math.floor(self.train_time / self.TIMELINE_EVERY_S) + 1) * self.TIMELINE_EVERY_S
             if next_eval is not None and self.train_time >= next_eval and eval_fn is not None:
                 point = eval_fn(self)
                 self.curve.append({"time_s": self.train_time, "step": self.step_count, **point})
@@ -525,6 +537,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "curve": self.curve,
             "events": self.events,
+            "timeline": self.timeline,
             "scene_info": scene_info(self.scene),
         }
 
@@ -547,6 +560,7 @@ class Trainer:
         self.train_time = float(st["train_time"])
         self.curve = list(st.get("curve", []))
         self.events = list(st.get("events", []))
+        self.timeline = list(st.get("timeline", []))
         if with_optim:
             self._build_optimizers()
             self.mlp_opt.load_state_dict(st["mlp_opt"])
