@@ -266,8 +266,8 @@ def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, t
     # the bar's figure: the dual phase against the density field's own steps over the same stretch of its
     # run (the end of a run, at the final grid, steps slower than the run's average)
     ev = rows["surface"].get("sdf_warm_start")
-    grid_window = (same_window_rate(results["grid"], ev["train_time_s"], rows["surface"]["train_time_s"])
-                   if ev else None)
+    end = min(rows["surface"]["train_time_s"], rows["grid"]["train_time_s"])  # both stop at --max-time
+    grid_window = same_window_rate(results["grid"], ev["train_time_s"], end) if ev else None
     return {"rows": rows, "psnr_gap_db": rows["grid"]["psnr"] - rows["surface"]["psnr"],
             "step_cost_ratio": rows["grid"]["steps_per_s"] / rows["surface"]["steps_per_s"],
             "grid_steps_per_s_same_window": grid_window,

@@ -237,10 +237,12 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
                                           torch::Tensor occ, torch::Tensor box, torch::Tensor density,
                                           torch::Tensor dbox, double shift, double weight_thr, double t_min_trans,
                                           torch::Tensor density2, torch::Tensor dbox2, double shift2,
-                                          torch::Tensor sdf, torch::Tensor sbox, double beta_d, int64_t sdf_mode) {
+                                          torch::Tensor sdf, torch::Tensor sbox, double beta_d, int64_t sdf_mode,
+                                          double sdf_weight_thr) {
   // sdf_mode 0: density (+ density2) only. 1 (a dual surface field): a second branch, VolSDF's Laplace density
   // of the signed distance grid `sdf` (box `sbox`, scale beta), inside the density grid's box, with its own
-  // transmittance: a sample is kept when either branch weights it above weight_thr and a ray stops once both
+  // transmittance: a sample is kept when the density branch weights it above weight_thr or the SDF branch
+  // above sdf_weight_thr, and a ray stops once both
   // branches are opaque. 2 (the SDF alone): the SDF branch only.
   check(density, origins);
   const bool has_sdf = sdf_mode != 0;
@@ -271,7 +273,7 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
   const float* sd = has_sdf ? sdf.data_ptr<float>() : nullptr;
   const float* sb = has_sdf ? sbox.data_ptr<float>() : db;
   const float qx = (SX - 1) / (sb[3] - sb[0]), qy = (SY - 1) / (sb[4] - sb[1]), qz = (SZ - 1) / (sb[5] - sb[2]);
-  const float beta = float(beta_d);
+  const float beta = float(beta_d), wthr_s = float(sdf_weight_thr);
   const bool dens_branch = sdf_mode != 2;
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(N, 256));
   const int64_t per = (N + n_chunks - 1) / n_chunks;
@@ -304,7 +306,7 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
             const float e = 0.5f * std::exp(-std::fabs(s) / beta);
             const float sigma_s = (s > 0.f ? e : 1.f - e) / beta;
             const float alpha_s = 1.f - std::exp(-sigma_s * step);
-            keep = trans_s * alpha_s > wthr;
+            keep = trans_s * alpha_s > wthr_s;
             trans_s *= 1.f - alpha_s;
           }
           if (!dens_branch || trans < tmin) {

@@ -73,9 +73,10 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
         with torch.no_grad():
             pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
             keep = torch.zeros(len(s), dtype=torch.bool, device=pts.device)
-            for sigma in field.branch_densities(pts):
+            thresholds = getattr(field, "branch_weight_thresholds", lambda: [])()
+            for i, sigma in enumerate(field.branch_densities(pts)):
                 w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
-                keep |= w > settings.weight_threshold
+                keep |= w > max(settings.weight_threshold, thresholds[i] if i < len(thresholds) else 0.0)
             s = s.select(keep)
     return s
 

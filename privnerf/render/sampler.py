@@ -102,9 +102,10 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
     (the kernel reads its density grid directly and would count density the exclusion removes).
 
     A field whose density is not its density grid's alone applies only if it offers ``sdf_branch()``: a
-    surface field's signed distance grid, box, Laplace scale and mode (``dual``: a second branch with its own
+    surface field's signed distance grid, box, Laplace scale, mode (``dual``: a second branch with its own
     transmittance, a sample kept when either branch weights it, as :meth:`SurfaceField.branch_densities`
-    culls; ``sdf``: that branch alone).
+    culls; ``sdf``: that branch alone) and that branch's own weight threshold (the larger of it and
+    ``weight_threshold`` applies).
     """
     grid = getattr(field, "density_grid", None)
     ext = load_grid_ext() if origins.device.type == "cpu" else None
@@ -114,8 +115,8 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
             or getattr(extra, "exclusion", None) is not None):
         return None
     if sdf is None:
-        sdf = (torch.empty(0), torch.empty(0), 1.0, "none")
-    sdf_data, sdf_box, beta, mode = sdf
+        sdf = (torch.empty(0), torch.empty(0), 1.0, "none", weight_threshold)
+    sdf_data, sdf_box, beta, mode, sdf_threshold = sdf
     n = origins.shape[0]
     offset = torch.rand(n) if jitter else torch.full((n,), 0.5)
     t0, t1 = ray_aabb(origins, dirs, occ.box)
@@ -124,7 +125,7 @@ def march_culled(origins, dirs, near, far, field, occ: OccupancyGrid, step: floa
         t1.clamp(max=far).contiguous(), offset, float(step), occ.binary.contiguous(), occ.box.contiguous(),
         grid.data.detach().contiguous(), grid.aabb.contiguous(), float(field.shift), float(weight_threshold),
         float(min_transmittance), *_second_density(extra), sdf_data.detach().contiguous(), sdf_box.contiguous(),
-        float(beta), {"none": 0, "dual": 1, "sdf": 2}[mode],
+        float(beta), {"none": 0, "dual": 1, "sdf": 2}[mode], float(max(sdf_threshold, weight_threshold)),
     )
     return Samples(ray_idx, t, torch.full_like(t, step))
 
