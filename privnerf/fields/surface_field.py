@@ -158,12 +158,16 @@ class SurfaceFieldConfig:
     is born at the final resolution from a density branch trained there (in a 600 s run the last growth
     comes at 180 s, long after step 1200). It did not by itself keep the built-in ground in long runs (F-score
     at 1 % 0.45 at 600 s against 0.47 without it); ``coupling_until`` did (docs/notes/surface-rounds.md, "Third round")."""
-    warm_start_alpha: float = 0.05
+    warm_start_alpha: float = 0.035
     """Opacity over the first render step above which a voxel of the density branch counts as occupied (the
     engine's box-shrink rule). Measured on the built-in scene after 120 s (the warm start alone, no SDF
     training): 0.05 -> F-score at 1 % 0.86-0.92, 0.1 -> 0.48, 0.2 -> 0.22 (the density field's surfaces are a
     few voxels of haze, its ground half transparent: a high bar leaves holes). From a 600 s density branch
-    (the late birth): 0.02 -> 0.79 (haze becomes solid: precision 0.67), 0.05 -> 0.94, 0.1 -> 0.59."""
+    (the late birth): 0.02 -> 0.79 (haze becomes solid: precision 0.67), 0.05 -> 0.94, 0.1 -> 0.59. Again
+    on 2026-12-07, once the density phase had sped up (27k steps by the birth instead of 21k; its surfaces
+    sharper), the birth alone from the 600 s density branch: 0.02 -> 0.864, 0.025 -> 0.931, 0.03 -> 0.955,
+    0.035 -> 0.958, 0.04 -> 0.939, 0.05 -> 0.855 (recall 0.78: holes), 0.08 -> 0.616. 0.035 is the middle
+    of that plateau."""
 
 
 def laplace_density(s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
