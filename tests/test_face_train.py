@@ -150,6 +150,21 @@ def test_patch_too_small_for_the_blur_is_refused():
         FaceTrainer(FaceTrainConfig(stage1_steps=1, stage2_steps=1, patch=16), _tiny_masked_scene(), [view], spec, None)
 
 
+def test_refused_settings_leave_no_run_folder(tmp_path):
+    """run_face creates the run folder before the trainer checks its settings; a refusal removes it again."""
+    from privnerf.face.train import FaceTrainConfig, run_face
+
+    spec = OperatorSpec("gradmag", blur_sigma=4.0)
+    codes = np.zeros((1, 40, 40), np.uint8)
+    view = SensitiveView(np.eye(4, dtype=np.float32), np.array([40.0, 40.0, 20.0, 20.0], np.float32), codes,
+                         np.full((40, 40), 255, np.uint8), "v")
+    out = tmp_path / "runs" / "obscured"
+    with pytest.raises(ValueError, match="--patch 22 or more"):
+        run_face(FaceTrainConfig(stage1_steps=1, stage2_steps=1, patch=16), _tiny_masked_scene(), [view], spec,
+                 out, "obscured")
+    assert not out.exists()
+
+
 def _tiny_masked_scene():
     """Four 32 px views of a bounded box with full masks (enough to build a trainer)."""
     from privnerf.data.scene import Scene

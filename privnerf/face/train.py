@@ -579,8 +579,14 @@ def run_face(cfg: FaceTrainConfig, neutral: Scene, sensitive: list, spec, out_di
 
     set_threads(cfg.train.threads)
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    ft = FaceTrainer(cfg, neutral, sensitive, spec, out_dir)
+    try:
+        ft = FaceTrainer(cfg, neutral, sensitive, spec, out_dir)
+    except Exception:
+        if created and not any(out_dir.iterdir()):  # refused settings leave no empty run folder behind
+            out_dir.rmdir()
+        raise
     stored = out_dir / "config.json"
     mine = json.loads(json.dumps(config_to_dict(ft.cfg)))
     if resume and latest_checkpoint(out_dir) is not None:
