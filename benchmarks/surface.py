@@ -178,13 +178,6 @@ def same_config(path: Path, cfg: TrainConfig) -> bool:
     return old == new
 
 
-def info_step(run_dir: Path) -> float:
-    """The inference render step of a finished run (what :func:`mesh_from_run`'s default level uses)."""
-    from privnerf.train.trainer import trainer_from_checkpoint
-
-    return float(trainer_from_checkpoint(run_dir, "cpu").settings(inference=True).step)
-
-
 def sdf_phase(res: dict) -> dict:
     """When the SDF was born (``results.json``'s ``events``) and the surface field's speed after it: the step
     cost of the dual field proper (before the warm start only the density branch trains), the warm start's
@@ -216,7 +209,7 @@ def same_window_rate(res: dict, t0: float, t1: float) -> float | None:
 
 def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, train_args: str = "",
              reuse: tuple[str, ...] = ()) -> dict:
-    from privnerf.export.mesh import density_threshold, mesh_from_run, write_mesh
+    from privnerf.export.mesh import mesh_from_run, write_mesh
 
     lego = data_root() / "nerf_synthetic" / "lego"
     if not lego.exists():
@@ -243,16 +236,7 @@ def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, t
                                    "rays_per_s", "samples_per_s")}
         row["steps_per_s"] = res["steps"] / res["train_time_s"]
         row.update(sdf_phase(res))
-        try:
-            mesh, info = mesh_from_run(out, resolution=resolution)
-        except ValueError as exc:
-            if kind != "grid":
-                raise
-            # the density field's surfaces are a few render steps of haze: its densities may never reach the
-            # default level (half opacity over one render step); take a quarter of it (0.16 per step)
-            row["mesh_error_default_level"] = str(exc)
-            step = info_step(out)
-            mesh, info = mesh_from_run(out, resolution=resolution, threshold=density_threshold(step) / 4)
+        mesh, info = mesh_from_run(out, resolution=resolution)  # the export's own default level
         write_mesh(mesh, out / "mesh.ply")
         row.update(mesh_faces=int(len(mesh.faces)), mesh_info=info, mesh_path=str(out / "mesh.ply"))
         rows[kind] = row
@@ -273,7 +257,8 @@ def run_lego(seconds: float, out_root: Path, resolution: int, eval_views: int, t
             "grid_steps_per_s_same_window": grid_window,
             "sdf_step_cost_ratio_same_window": grid_window / sdf_rate if sdf_rate and grid_window else None,
             "sdf_step_cost_ratio": rows["grid"]["steps_per_s"] / sdf_rate if sdf_rate else None,
-            # against the same run before the birth (the end of a run steps faster than the grid's average)
+            # against the same run before the birth (the end of a run, at the final grid, steps slower than
+            # the run's average: this overstates the cost too)
             "sdf_step_cost_ratio_own": (rows["surface"]["pre_birth_steps_per_s"] / sdf_rate
                                         if sdf_rate and rows["surface"].get("pre_birth_steps_per_s") else None),
             "_meshes": meshes, "_cams": cams}

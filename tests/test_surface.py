@@ -235,7 +235,9 @@ def test_negative_box_margin_is_an_error():
 @pytest.mark.parametrize("bad, flag", [({"warm_start_progress": 1.0}, "warm-start-progress"),
                                        ({"warm_start_progress": -0.1}, "warm-start-progress"),
                                        ({"coupling_confidence": 0.7}, "coupling-confidence"),
-                                       ({"coupling_confidence": -0.1}, "coupling-confidence")])
+                                       ({"coupling_confidence": -0.1}, "coupling-confidence"),
+                                       ({"cull_weight": -1e-4}, "cull-weight"),
+                                       ({"cull_weight": 1.0}, "cull-weight")])
 def test_out_of_range_birth_and_confidence_are_errors(bad, flag):
     """A birth at progress 1 would never come (the mesh would silently be the initial sphere)."""
     with pytest.raises(ValueError, match=flag):
@@ -353,17 +355,18 @@ def test_culling_keeps_what_either_branch_weights():
     assert bool((xs < 0.05).any())  # and the SDF branch's own surface at x = 0
 
 
-@pytest.mark.parametrize("mode", ["dual", "sdf"])
-def test_fused_cull_of_both_branches_matches_the_two_pass_path(mode):
+@pytest.mark.parametrize("mode,cull", [("dual", 1e-4), ("sdf", 1e-4), ("dual", 3e-3), ("sdf", 3e-3)])
+def test_fused_cull_of_both_branches_matches_the_two_pass_path(mode, cull):
     """The compiled march-and-cull kernel with the SDF branch keeps exactly the samples the two-pass path
-    (march, both branches' weights without gradient, keep what either weights) keeps."""
+    (march, both branches' weights without gradient, keep what either weights) keeps, with the SDF branch's
+    own threshold (``cull_weight``) above the render settings' too."""
     from privnerf.fields.ext import load_grid_ext
     from privnerf.render.occupancy import OccupancyGrid
     from privnerf.render.renderer import RenderSettings, select_samples
 
     if load_grid_ext() is None:
         pytest.skip("no compiled CPU kernels here (no compiler): the fused path does not run")
-    f = make(mode=mode, box_margin=0.0)
+    f = make(mode=mode, box_margin=0.0, cull_weight=cull)
     with torch.no_grad():
         pts = f._grid_points(f.density_grid).reshape(-1, 3)
         f.density_grid.data.copy_((8.0 - 30.0 * (pts - 0.2).norm(dim=-1, keepdim=True)).reshape(f.density_grid.data.shape))
@@ -381,6 +384,10 @@ def test_fused_cull_of_both_branches_matches_the_two_pass_path(mode):
     assert len(fused) > 1000
     assert torch.equal(fused.ray_idx, ref.ray_idx)
     assert torch.allclose(fused.t, ref.t, atol=1e-5)
+    if cull > settings.weight_threshold:  # the SDF branch's tail in front of its surface is dropped
+        del f.sdf_branch
+        f.scfg.cull_weight = settings.weight_threshold
+        assert len(select_samples(f, occ, o, d, settings)) > len(fused)
 
 
 def test_surface_box_has_room_under_the_scene_box():
@@ -426,3 +433,25 @@ def test_seen_empty_covers_every_point_in_front_of_the_surface():
     core = ((pts - centre).abs() <= 0.6 * half).all(-1)
     assert core.any() and not seen[core.numpy()].any()
     assert seen[visible].mean() > 0.5
+
+
+def test_timeline_records_steps_against_training_time_and_survives_a_resume(tmp_path):
+    """``Trainer.timeline`` marks (time, step) as training goes, ends at the last step, and a resumed run
+    continues it rather than starting over."""
+    from privnerf.train.trainer import Trainer
+
+    t = _tiny_surface_trainer(lambda cfg: setattr(cfg, "steps", 6))
+    t.run_dir = tmp_path
+    t.TIMELINE_EVERY_S = 1e-9  # a mark after every step
+    t.train(quiet=True)
+    marks = t.timeline
+    assert marks[0] == {"time_s": 0.0, "step": 0} and marks[-1]["step"] == 6 == t.step_count
+    assert [m["step"] for m in marks] == sorted(m["step"] for m in marks) and len(marks) >= 7
+    assert all(b["time_s"] >= a["time_s"] for a, b in zip(marks, marks[1:]))
+    again = Trainer(t.cfg, t.scene, tmp_path)
+    again.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert again.timeline == marks
+    again.cfg.steps = 8
+    again.TIMELINE_EVERY_S = 1e-9
+    again.train(quiet=True)
+    assert again.timeline[: len(marks)] == marks and again.timeline[-1]["step"] == 8

@@ -77,6 +77,11 @@ class RadianceField(nn.Module):
         alone. One branch (this default): :meth:`density`."""
         return [self.density(x)]
 
+    def branch_weight_thresholds(self) -> list[float]:
+        """Per branch of :meth:`branch_densities` (same length), a weight under which that branch drops a
+        sample; the render settings' ``weight_threshold`` applies too, the larger wins. Default: none."""
+        return [0.0]
+
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         """Per-sample density ``(n,)`` and the values the renderer alpha-composites along each ray ``(n, c)``."""
         raise NotImplementedError

@@ -203,6 +203,9 @@ class SurfaceField(GridField):
         if not 0 <= scfg.coupling_confidence <= 0.5:
             raise ValueError("--field.surface.coupling-confidence must be in [0, 0.5] (opacity margin from 0 and 1; "
                              f"0: every ray), got {scfg.coupling_confidence}")
+        if not 0 <= scfg.cull_weight < 1:
+            raise ValueError("--field.surface.cull-weight must be in [0, 1) (a rendering weight under which the SDF "
+                             f"branch drops a sample; at 1 it would drop every sample), got {scfg.cull_weight}")
         pad = scfg.box_margin * float((aabb[1] - aabb[0]).max()) if not contraction else 0.0
         if pad > 0:
             aabb = torch.stack([aabb[0] - pad, aabb[1] + pad])
@@ -292,8 +295,9 @@ class SurfaceField(GridField):
 
     @property
     def density_is_grid(self) -> bool:
-        """Until the SDF is born (dual mode) the density grid alone gives the density, so the fused
-        march-and-cull kernel applies; after it the march covers both branches, which that kernel cannot."""
+        """Until the SDF is born (dual mode) the density grid alone gives the density; after it (and in
+        ``sdf`` mode) it does not, and the fused march-and-cull kernel reads the SDF branch through
+        :meth:`sdf_branch` instead."""
         return self.scfg.mode == "dual" and not self.sdf_active
 
     def sdf_branch(self) -> tuple[torch.Tensor, torch.Tensor, float, str, float] | None:
@@ -305,11 +309,10 @@ class SurfaceField(GridField):
         return self.sdf_grid.data, self.sdf_grid.aabb, float(self.beta.detach()), self.scfg.mode, self.scfg.cull_weight
 
     def branch_weight_thresholds(self) -> list[float]:
-        """Per branch of :meth:`branch_densities`, the weight under which it drops a sample (the render
-        settings' threshold applies too, the larger wins)."""
-        if self.scfg.mode != "dual" or not self.sdf_active:
-            return [self.scfg.cull_weight if self.scfg.mode == "sdf" and self.sdf_active else 0.0]
-        return [0.0, self.scfg.cull_weight]
+        """As :meth:`branch_densities`' branches: the SDF branch drops what it weights below ``cull_weight``."""
+        if not self.sdf_active:
+            return [0.0]
+        return [0.0, self.scfg.cull_weight] if self.scfg.mode == "dual" else [self.scfg.cull_weight]
 
     # -- the SDF branch ---------------------------------------------------------------------------------
     @property

@@ -73,10 +73,9 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
         with torch.no_grad():
             pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
             keep = torch.zeros(len(s), dtype=torch.bool, device=pts.device)
-            thresholds = getattr(field, "branch_weight_thresholds", lambda: [])()
-            for i, sigma in enumerate(field.branch_densities(pts)):
+            for sigma, floor in zip(field.branch_densities(pts), field.branch_weight_thresholds(), strict=True):
                 w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
-                keep |= w > max(settings.weight_threshold, thresholds[i] if i < len(thresholds) else 0.0)
+                keep |= w > max(settings.weight_threshold, floor)
             s = s.select(keep)
     return s
 
