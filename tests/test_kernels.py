@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from privnerf.fields.encoding import DenseGrid, trilinear_torch
+from privnerf.fields.encoding import DenseGrid, read_grids, trilinear_torch
 from privnerf.fields.ext import load_grid_ext
 from privnerf.render.occupancy import OccupancyGrid
 from privnerf.render.sampler import _march_torch, march_culled, ray_aabb
@@ -36,6 +36,38 @@ def test_trilinear_forward_and_backward_match_torch():
     assert torch.allclose(grid.grad_buffer(), ref_grad, atol=1e-4)
     touched = grid.touched_mask().reshape(grid.resolution).bool()
     assert torch.equal(touched, (ref_grad.abs().sum(-1) > 0) | touched)  # every voxel with gradient is marked
+
+
+def test_grids_read_together_match_their_own_reads_values_and_gradients():
+    """read_grids' one pass over grids on one lattice == each grid's own read; a grid whose values need no
+    gradient gets none (and no touched voxels), and grids on other lattices fall back to their own reads."""
+    a, x = _grid_and_points(3, 30000)  # past 4096 points a slab: the parallel backward
+    b, c = DenseGrid(a.resolution, 1, a.aabb), DenseGrid(a.resolution, 12, a.aabb)
+    frozen = DenseGrid(a.resolution, 2, a.aabb)
+    other = DenseGrid((5, 5, 5), 1, a.aabb)
+    g = torch.Generator().manual_seed(4)
+    for grid in (b, c, frozen, other):
+        with torch.no_grad():
+            grid.data.copy_(torch.randn(grid.data.shape, generator=g))
+    frozen.data.requires_grad_(False)
+    grids = [a, b, c, frozen]
+    outs = read_grids(grids, x)
+    weights = [torch.randn(o.shape, generator=g) for o in outs]
+    sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+    for grid, out, w in zip(grids, outs, weights):
+        idx = grid.world_to_index(x)
+        assert torch.allclose(out, trilinear_torch(grid.data, idx), atol=1e-5)
+        if grid is frozen:
+            assert grid.touched_mask().sum() == 0 and grid.grad_buffer().abs().sum() == 0
+            continue
+        data = grid.data.detach().requires_grad_(True)
+        ref = torch.autograd.grad((trilinear_torch(data, idx) * w).sum(), data)[0]
+        assert torch.allclose(grid.grad_buffer(), ref, atol=1e-3)
+        touched = grid.touched_mask().reshape(grid.resolution).bool()
+        assert torch.equal(touched, (ref.abs().sum(-1) > 0) | touched) and touched.any()
+    with torch.no_grad():
+        assert all(torch.equal(o, r) for o, r in zip(read_grids(grids, x), outs))
+        assert all(torch.equal(o, g(x)) for o, g in zip(read_grids([a, other], x), [a, other]))
 
 
 def test_parallel_backward_equals_the_serial_one_bitwise():

@@ -47,50 +47,83 @@ void check(const torch::Tensor& grid, const torch::Tensor& pts) {
 
 }  // namespace
 
-torch::Tensor trilinear_forward(torch::Tensor grid, torch::Tensor pts) {
-  check(grid, pts);
-  const int64_t N = pts.size(0), X = grid.size(0), Y = grid.size(1), Z = grid.size(2), C = grid.size(3);
-  auto out = torch::empty({N, C}, grid.options());
-  const float* g = grid.data_ptr<float>();
+// Several grids on one lattice (equal X, Y, Z; any channels each), read at the same points: a point's cell
+// (corners and weights) is found once for all of them. A field reads its density, feature and SDF grids
+// this way; the cell, not the gather, is most of a one-channel read's cost.
+std::vector<torch::Tensor> trilinear_forward_multi(std::vector<torch::Tensor> grids, torch::Tensor pts) {
+  TORCH_CHECK(!grids.empty(), "trilinear: no grid");
+  const int64_t N = pts.size(0), X = grids[0].size(0), Y = grids[0].size(1), Z = grids[0].size(2);
+  const size_t G = grids.size();
+  std::vector<torch::Tensor> outs;
+  std::vector<const float*> gp;
+  std::vector<float*> op;
+  std::vector<int64_t> cs;
+  for (auto& grid : grids) {
+    check(grid, pts);
+    TORCH_CHECK(grid.size(0) == X && grid.size(1) == Y && grid.size(2) == Z, "trilinear: grids on different lattices");
+    outs.push_back(torch::empty({N, grid.size(3)}, grid.options()));
+    gp.push_back(grid.data_ptr<float>());
+    op.push_back(outs.back().data_ptr<float>());
+    cs.push_back(grid.size(3));
+  }
   const float* p = pts.data_ptr<float>();
-  float* o = out.data_ptr<float>();
   at::parallel_for(0, N, 1024, [&](int64_t begin, int64_t end) {
     Cell cell;
     for (int64_t i = begin; i < end; ++i) {
-      cell_of(p + 3 * i, X, Y, Z, C, cell);
-      float* oi = o + i * C;
-      for (int64_t c = 0; c < C; ++c) oi[c] = 0.f;
-      for (int k = 0; k < 8; ++k) {
-        const float w = cell.w[k];
-        const float* gk = g + cell.base[k];
-        for (int64_t c = 0; c < C; ++c) oi[c] += w * gk[c];
+      cell_of(p + 3 * i, X, Y, Z, 1, cell);  // base = the corner's voxel index
+      for (size_t j = 0; j < G; ++j) {
+        const int64_t C = cs[j];
+        float* oi = op[j] + i * C;
+        for (int64_t c = 0; c < C; ++c) oi[c] = 0.f;
+        for (int k = 0; k < 8; ++k) {
+          const float w = cell.w[k];
+          const float* gk = gp[j] + cell.base[k] * C;
+          for (int64_t c = 0; c < C; ++c) oi[c] += w * gk[c];
+        }
       }
     }
   });
-  return out;
+  return outs;
 }
 
-// Accumulates d(loss)/d(grid) into grad_grid in place. If touched is defined ((X*Y*Z,) uint8), marks
-// every voxel that received gradient, so an optimizer can update only those.
+torch::Tensor trilinear_forward(torch::Tensor grid, torch::Tensor pts) {
+  return trilinear_forward_multi({grid}, pts)[0];
+}
+
+// Accumulates d(loss)/d(grid) into each grad_grid in place, for grids read together by
+// trilinear_forward_multi. If a grid's touched mask is non-empty ((X*Y*Z,) uint8), marks every voxel that
+// received gradient, so an optimizer can update only those.
 //
 // Parallel without atomics: thread s owns the x-slab of grid points [bound[s], bound[s+1]) and scans all
 // points, writing only the corners inside its slab. Slab bounds balance the number of points per slab.
 // Every grid point is written by one thread in point order, so the result is bitwise the serial one.
-void trilinear_backward(torch::Tensor grad_grid, torch::Tensor pts, torch::Tensor grad_out,
-                        c10::optional<torch::Tensor> touched) {
-  check(grad_grid, pts);
-  const int64_t N = pts.size(0), X = grad_grid.size(0), Y = grad_grid.size(1), Z = grad_grid.size(2),
-                C = grad_grid.size(3);
-  TORCH_CHECK(grad_out.is_contiguous() && grad_out.size(0) == N && grad_out.size(1) == C,
-              "trilinear: grad_out must be contiguous (N, C)");
-  float* g = grad_grid.data_ptr<float>();
-  const float* p = pts.data_ptr<float>();
-  const float* go = grad_out.data_ptr<float>();
-  uint8_t* t = nullptr;
-  if (touched.has_value() && touched->defined()) {
-    TORCH_CHECK(touched->numel() == X * Y * Z && touched->scalar_type() == torch::kUInt8, "touched mask shape");
-    t = touched->data_ptr<uint8_t>();
+void trilinear_backward_multi(std::vector<torch::Tensor> grad_grids, torch::Tensor pts,
+                              std::vector<torch::Tensor> grad_outs, std::vector<torch::Tensor> touched) {
+  const size_t G = grad_grids.size();
+  TORCH_CHECK(G > 0 && grad_outs.size() == G && touched.size() == G, "trilinear: one gradient and mask per grid");
+  const int64_t N = pts.size(0), X = grad_grids[0].size(0), Y = grad_grids[0].size(1), Z = grad_grids[0].size(2);
+  std::vector<float*> gp;
+  std::vector<const float*> gop;
+  std::vector<uint8_t*> tp;
+  std::vector<int64_t> cs;
+  for (size_t j = 0; j < G; ++j) {
+    check(grad_grids[j], pts);
+    const int64_t C = grad_grids[j].size(3);
+    TORCH_CHECK(grad_grids[j].size(0) == X && grad_grids[j].size(1) == Y && grad_grids[j].size(2) == Z,
+                "trilinear: grids on different lattices");
+    TORCH_CHECK(grad_outs[j].is_contiguous() && grad_outs[j].size(0) == N && grad_outs[j].size(1) == C,
+                "trilinear: grad_out must be contiguous (N, C)");
+    gp.push_back(grad_grids[j].data_ptr<float>());
+    gop.push_back(grad_outs[j].data_ptr<float>());
+    cs.push_back(C);
+    if (touched[j].numel() > 0) {
+      TORCH_CHECK(touched[j].numel() == X * Y * Z && touched[j].scalar_type() == torch::kUInt8, "touched mask shape");
+      tp.push_back(touched[j].data_ptr<uint8_t>());
+    } else {
+      tp.push_back(nullptr);
+    }
   }
+  const float* p = pts.data_ptr<float>();
   auto lower_x = [&](int64_t i) {
     const float x = std::min(std::max(p[3 * i], 0.0f), float(X - 1));
     return std::min<int64_t>(int64_t(x), X - 2);
@@ -115,19 +148,29 @@ void trilinear_backward(torch::Tensor grad_grid, torch::Tensor pts, torch::Tenso
       for (int64_t i = 0; i < N; ++i) {
         const int64_t x0 = lower_x(i);
         if (x0 + 1 < lo || x0 >= hi) continue;
-        cell_of(p + 3 * i, X, Y, Z, C, cell);
-        const float* gi = go + i * C;
+        cell_of(p + 3 * i, X, Y, Z, 1, cell);
         for (int k = 0; k < 8; ++k) {
           const int64_t x = x0 + (k >> 2);  // corners 0-3 lie at x0, 4-7 at x0 + 1
           if (x < lo || x >= hi) continue;
           const float w = cell.w[k];
-          float* gk = g + cell.base[k];
-          for (int64_t c = 0; c < C; ++c) gk[c] += w * gi[c];
-          if (t) t[cell.base[k] / C] = 1;
+          const int64_t v = cell.base[k];
+          for (size_t j = 0; j < G; ++j) {
+            const int64_t C = cs[j];
+            const float* gi = gop[j] + i * C;
+            float* gk = gp[j] + v * C;
+            for (int64_t c = 0; c < C; ++c) gk[c] += w * gi[c];
+            if (tp[j]) tp[j][v] = 1;
+          }
         }
       }
     }
   });
+}
+
+void trilinear_backward(torch::Tensor grad_grid, torch::Tensor pts, torch::Tensor grad_out,
+                        c10::optional<torch::Tensor> touched) {
+  torch::Tensor t = (touched.has_value() && touched->defined()) ? *touched : torch::empty({0}, torch::kUInt8);
+  trilinear_backward_multi({grad_grid}, pts, {grad_out}, {t});
 }
 
 // Adam on the voxels marked in `touched` only, then clears their gradient and the mark.
@@ -275,6 +318,9 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
   const float qx = (SX - 1) / (sb[3] - sb[0]), qy = (SY - 1) / (sb[4] - sb[1]), qz = (SZ - 1) / (sb[5] - sb[2]);
   const float beta = float(beta_d), wthr_s = float(sdf_weight_thr);
   const bool dens_branch = sdf_mode != 2;
+  // the SDF and density grids on one lattice (a surface field's are): a sample's cell serves both reads
+  const bool one_lattice = has_sdf && SX == DX && SY == DY && SZ == DZ &&
+                           std::equal(sb, sb + 6, db);
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(N, 256));
   const int64_t per = (N + n_chunks - 1) / n_chunks;
   std::vector<std::vector<int64_t>> out_r(n_chunks);
@@ -297,10 +343,11 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
           const bool in1 = !(px < db[0] || py < db[1] || pz < db[2] || px > db[3] || py > db[4] || pz > db[5]);
           const bool in2 = two && !(px < eb[0] || py < eb[1] || pz < eb[2] || px > eb[3] || py > eb[4] || pz > eb[5]);
           if (!in1 && !in2) continue;
-          bool keep = false;
+          bool keep = false, have_cell = false;
           if (has_sdf && in1 && trans_s >= tmin) {
             const float q[3] = {(px - sb[0]) * qx, (py - sb[1]) * qy, (pz - sb[2]) * qz};
             cell_of(q, SX, SY, SZ, 1, cell);
+            have_cell = one_lattice;
             float s = 0.f;
             for (int k = 0; k < 8; ++k) s += cell.w[k] * sd[cell.base[k]];
             const float e = 0.5f * std::exp(-std::fabs(s) / beta);
@@ -316,8 +363,10 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
           }
           float sigma = 0.f;
           if (in1) {
-            const float q[3] = {(px - db[0]) * gx, (py - db[1]) * gy, (pz - db[2]) * gz};
-            cell_of(q, DX, DY, DZ, 1, cell);
+            if (!have_cell) {
+              const float q[3] = {(px - db[0]) * gx, (py - db[1]) * gy, (pz - db[2]) * gz};
+              cell_of(q, DX, DY, DZ, 1, cell);
+            }
             float raw = sh;
             for (int k = 0; k < 8; ++k) raw += cell.w[k] * dens[cell.base[k]];
             sigma += raw > 20.f ? raw : std::log1p(std::exp(raw));
@@ -353,6 +402,8 @@ std::vector<torch::Tensor> march_and_cull(torch::Tensor origins, torch::Tensor d
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("trilinear_forward", &trilinear_forward, "trilinear interpolation (CPU, channel-last)");
   m.def("trilinear_backward", &trilinear_backward, "scatter-add backward of trilinear_forward");
+  m.def("trilinear_forward_multi", &trilinear_forward_multi, "trilinear reads of several grids on one lattice");
+  m.def("trilinear_backward_multi", &trilinear_backward_multi, "scatter-add backward of trilinear_forward_multi");
   m.def("march_rays", &march_rays, "occupancy-grid ray marching, packed output");
   m.def("march_and_cull", &march_and_cull, "fused march + density + early termination + weight culling");
   m.def("sparse_adam_step", &sparse_adam_step, "Adam on touched voxels only");

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from privnerf.fields.base import RadianceField, SceneSpace
-from privnerf.fields.encoding import DenseGrid, positional_encoding, softplus_shift_for_alpha
+from privnerf.fields.encoding import DenseGrid, positional_encoding, read_grids, softplus_shift_for_alpha
 from privnerf.fields.keyed import KeyedRotation
 
 
@@ -216,10 +216,13 @@ class GridField(RadianceField):
         """The server part of the field: working-box points ``(n, 3)`` → ``(n, cut_channels)``: the density
         logit, then the raw features (or, with ``cut_width``, the feature layer's ReLU output). Split learning
         cuts the field here (privnerf.split)."""
-        feat = self.feature_grid(xs)
+        return self.cut_of(*read_grids([self.density_grid, self.feature_grid], xs))
+
+    def cut_of(self, density_raw: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_space` from the density and feature grids' values ``(n, 1)``, ``(n, feature_dim)``."""
         if self.feature_in is not None:
             feat = self.feature_in(feat)
-        return torch.cat([self.density_grid(xs), feat], dim=-1)
+        return torch.cat([density_raw, feat], dim=-1)
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = self.space(x)

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privnerf.fields.encoding import DenseGrid
+from privnerf.fields.encoding import DenseGrid, read_grids
 from privnerf.fields.grid_field import GridField, GridFieldConfig, decode_cut
 
 
@@ -340,11 +340,12 @@ class SurfaceField(GridField):
     def density_space(self, xs: torch.Tensor) -> torch.Tensor:
         if not self.sdf_active:
             return self.grid_density(xs)
-        sigma_s = self.sdf_density(self.sdf_space(xs))
         if self.scfg.mode == "sdf":
-            return sigma_s * self._inside(xs)
+            return self.sdf_density(self.sdf_space(xs)) * self._inside(xs)
         # dual: march where either branch has content, so both branches see their surfaces
-        return self.grid_density(xs) + sigma_s * self._inside(xs)
+        raw, s = read_grids([self.density_grid, self.sdf_grid], xs)
+        sigma_d = nn.functional.softplus(raw[:, 0] + self.shift)
+        return (sigma_d + self.sdf_density(s[:, 0])) * self._inside(xs)
 
     def branch_densities(self, x: torch.Tensor) -> list[torch.Tensor]:
         """dual mode after the birth: the density branch's and the SDF branch's densities, so that culling
@@ -358,12 +359,13 @@ class SurfaceField(GridField):
 
     def forward(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = self.space(x)
-        h = self.encode_space(xs)
-        sigma_d, values = decode_cut(h, self.shift, None)
-        if self.sdf_active:
-            s = self.sdf_space(xs)
+        if self.sdf_active:  # one pass over the three grids (:func:`read_grids`)
+            density_raw, feat, s = read_grids([self.density_grid, self.feature_grid, self.sdf_grid], xs)
+            s = s[:, 0]
         else:  # dual mode before the birth: nothing reads the SDF, so it is neither read nor trained
+            density_raw, feat = read_grids([self.density_grid, self.feature_grid], xs)
             s = xs.new_zeros(xs.shape[0])
+        sigma_d, values = decode_cut(self.cut_of(density_raw, feat), self.shift, None)
         sigma = self.sdf_density(s) if self.scfg.mode == "sdf" else sigma_d
         return sigma * self._inside(xs), torch.cat([values, s[:, None]], dim=-1)
 
