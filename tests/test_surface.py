@@ -455,3 +455,21 @@ def test_timeline_records_steps_against_training_time_and_survives_a_resume(tmp_
     again.TIMELINE_EVERY_S = 1e-9
     again.train(quiet=True)
     assert again.timeline[: len(marks)] == marks and again.timeline[-1]["step"] == 8
+
+
+def test_the_benchmarks_same_window_step_rate_reads_a_timeline():
+    """benchmarks/surface.py's step-cost bar: steps per second of a run between two training times, linearly
+    interpolated in its timeline; None outside it (a run that stopped earlier has no rate there)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_surface", Path(__file__).resolve().parents[1] / "benchmarks" / "surface.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    timeline = [{"time_s": 0.0, "step": 0}, {"time_s": 10.0, "step": 100}, {"time_s": 20.0, "step": 150}]
+    assert bench.steps_at(timeline, 15.0) == pytest.approx(125.0)
+    assert bench.steps_at(timeline, 25.0) is None and bench.steps_at([], 1.0) is None
+    assert bench.same_window_rate({"timeline": timeline}, 5.0, 15.0) == pytest.approx(7.5)  # 50 .. 125
+    assert bench.same_window_rate({"timeline": timeline}, 15.0, 30.0) is None
+    assert bench.same_window_rate({}, 0.0, 10.0) is None

@@ -65,6 +65,7 @@ def _default_train_config() -> TrainConfig:
     sc.warm_start_progress, sc.warm_start_alpha = 0.0, 0.02
     sc.coupling_weight, sc.coupling_until, sc.coupling_confidence = 1.0, 1.0, 0.0
     sc.photo_colour_share = 0.0  # as the head study measured it (the surface field's 0.1 came later, unmeasured here)
+    sc.cull_weight = 1e-4  # likewise (the surface field's 1e-3 came later, for speed on lego; unmeasured here)
     return cfg
 
 
