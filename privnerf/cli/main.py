@@ -1,4 +1,5 @@
-"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``export``, ``data``, ``fed``, ``split``, ``face``.
+"""``privnerf`` command line: ``train``, ``eval``, ``render``, ``export``, ``data``, ``fed``, ``split``, ``face``,
+``semantics``.
 
 ``privnerf train`` takes every field of :class:`privnerf.train.config.TrainConfig` as a flag (nested ones
 as ``--field.grid.num-voxels``); ``privnerf train --help`` lists them.
@@ -25,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         "fed": ("federated training on Flower: DecentNeRF and its baselines", "privnerf.cli.fed"),
         "split": ("split learning (SplitNeRF / S2NeRF): train, serve, attack", "privnerf.cli.split"),
         "face": ("identity-obscured head reconstruction: obscure, train", "privnerf.cli.face"),
+        "semantics": ("JacobiNeRF: shape a run, propagate labels from clicks", "privnerf.cli.semantics"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: privnerf {train,eval,render,export,data,fed,split,face} [options]\n")
+        print("usage: privnerf {train,eval,render,export,data,fed,split,face,semantics} [options]\n")
         for name, (desc, _) in commands.items():
             print(f"  {name:8s} {desc}")
         if argv and argv[0] not in ("-h", "--help"):

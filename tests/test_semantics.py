@@ -1,0 +1,200 @@
+"""JacobiNeRF: the closed-form Jacobian, the MI-gradient loss against a loop over anchors, the threshold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from privnerf.fields.grid_field import GridField, GridFieldConfig
+from privnerf.semantics.jacobian import head_activation, last_layer, perturbed_response, ray_jacobians
+from privnerf.semantics.shaping import AdaptiveThreshold, gradient_norm_loss, mi_gradient_loss
+
+
+def _field_and_rays(n=6, seed=0):
+    torch.manual_seed(seed)
+    f = GridField(GridFieldConfig(), torch.tensor([[-1.0] * 3, [1.0] * 3]), False, 0.02)
+    with torch.no_grad():
+        f.feature_grid.data.normal_(0, 0.5)
+        for p in f.rgb_net.parameters():
+            p.normal_(0, 0.3)
+    composited = torch.randn(n, f.cfg.feature_dim)
+    opacity = torch.rand(n) * 0.9 + 0.1
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    return f, composited, opacity, dirs
+
+
+def test_closed_form_jacobian_equals_autograd_of_the_rendered_mean_rgb():
+    f, comp, op, dirs = _field_and_rays()
+    W = last_layer(f).weight
+    a = head_activation(f, comp, dirs)
+    J = ray_jacobians(a, op)
+    for i in range(comp.shape[0]):
+        colour = f.finish(comp[i:i + 1], op[i:i + 1], dirs[i:i + 1])  # the grid field's deferred shading
+        (g,) = torch.autograd.grad(colour.mean(), W)
+        assert torch.allclose(J[i], g, atol=1e-6)
+
+
+def test_the_response_to_a_perturbation_is_exact():
+    f, comp, op, dirs = _field_and_rays()
+    layer = last_layer(f)
+    G = torch.randn(3, layer.in_features)
+    t = 0.1
+    with torch.no_grad():
+        before = f.finish(comp, op, dirs)
+        layer.weight += t * G
+        after = f.finish(comp, op, dirs)
+        layer.weight -= t * G
+    a = head_activation(f, comp, dirs).detach()
+    assert torch.allclose(perturbed_response(a, op, G, t), (after - before).abs().mean(-1), atol=1e-5)
+
+
+def _loop_loss(J, feats, tau):
+    """The official code's per-anchor loop, written out."""
+    n = J.shape[0]
+    j = J.reshape(n, -1)
+    terms = []
+    for i in range(n):
+        sp = sn = 0.0
+        for k in range(n):
+            cos = float(j[i] @ j[k] / (j[i].norm() * j[k].norm()))
+            e = math.exp(abs(cos))
+            if float(feats[i] @ feats[k]) > tau[i]:
+                sp += e
+            else:
+                sn += e
+        if sp > 0 and sn > 0:
+            terms.append(-math.log(sp / (sp + sn)))
+    return sum(terms) / len(terms) if terms else 0.0, len(terms)
+
+
+def test_mi_loss_equals_the_loop_with_self_positives_anchor_counting_and_the_adaptive_threshold():
+    g = torch.Generator().manual_seed(1)
+    n = 40
+    J = torch.randn(n, 3, 8, generator=g)
+    feats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    feats[:10] = feats[0]  # a group of identical features: positives beyond the anchor itself
+    th = AdaptiveThreshold()
+    ref = AdaptiveThreshold()
+    taus = ref.per_anchor(feats @ feats.T).tolist()
+    loss, info = mi_gradient_loss(J, feats, th)
+    want, counted = _loop_loss(J, feats, taus)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert info["anchors"] == counted == n
+    assert th.value == pytest.approx(ref.value)
+    # an anchor with no negatives (every feature alike) is not counted: with one group the loss is zero
+    same = torch.zeros(n, 4)
+    same[:, 0] = 1.0
+    zero, info = mi_gradient_loss(J, same, AdaptiveThreshold(adaptive=False))
+    assert float(zero) == 0.0 and info["anchors"] == 0
+
+
+def test_adaptive_threshold_moves_per_anchor_and_stays_in_its_range():
+    n = 64
+    few = torch.eye(n)  # each anchor alike only to itself: 1 positive < int(0.05 n) = 3 -> tau falls
+    th = AdaptiveThreshold()
+    taus = th.per_anchor(few)
+    assert taus[0] == pytest.approx(0.8) and taus[1] == pytest.approx(0.799) and th.value == pytest.approx(0.8 - 0.064)
+    for _ in range(10):
+        th.per_anchor(few)
+    assert th.value >= 0.5 - 1e-9
+    many = torch.ones(n, n)  # everything alike: tau rises, up to 0.9
+    for _ in range(10):
+        th.per_anchor(many)
+    assert 0.9 - 1e-9 <= th.value <= 0.9 + 0.001 + 1e-9
+
+
+def test_gradient_norm_loss_is_zero_for_unit_jacobians():
+    J = torch.nn.functional.normalize(torch.randn(5, 3, 4).reshape(5, -1), dim=-1).reshape(5, 3, 4)
+    assert float(gradient_norm_loss(J)) == pytest.approx(0.0, abs=1e-10)
+    assert float(gradient_norm_loss(2 * J)) == pytest.approx(1.0)
+
+
+def _tiny_scene():
+    import numpy as np
+
+    from privnerf.data.scene import Scene
+
+    sem = np.zeros((8, 10), np.int32)
+    sem[2:5, 3:6] = 2
+    sem[6:, :] = 1
+    return Scene(images=[np.zeros((8, 10, 3), np.float32)] * 2, c2w=np.stack([np.eye(4)] * 2),
+                 intrinsics=np.array([[10.0, 10.0, 5.0, 4.0]] * 2), near=0.1, far=5.0,
+                 aabb=np.array([[-1.0] * 3, [1.0] * 3]), names=["a", "b"], semantics=[sem, sem],
+                 meta={"classes": ["background", "ground", "ball"]})
+
+
+def test_clicks_file_errors_name_the_file_and_the_click(tmp_path):
+    import json
+
+    from privnerf.semantics.propagate import clicks_from_labels, read_clicks, write_clicks
+
+    scene = _tiny_scene()
+    path = tmp_path / "clicks.json"
+    cases = [({"clicks": [{"view": "a", "pixel": [10, 0], "label": "x"}]}, "outside view 0's 10x8"),
+             ({"clicks": [{"view": "a", "pixel": [-1, 0], "label": "x"}]}, "outside"),
+             ({"clicks": [{"view": "zz", "pixel": [1, 1], "label": "x"}]}, "unknown view 'zz'"),
+             ({"clicks": [{"view": 2, "pixel": [1, 1], "label": "x"}]}, "unknown view 2"),
+             ({"clicks": [{"view": "a", "pixel": [1, 1], "label": ""}]}, "label must be"),
+             ({"clicks": [{"view": "a", "pixel": [1.5, 1], "label": "x"}]}, "integers"),
+             ({"clicks": [{"view": "a", "label": "x"}]}, "needs view, pixel and label"),
+             ({"clicks": []}, "expected")]
+    for doc, what in cases:
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=what) as e:
+            read_clicks(path, scene)
+        assert str(path) in str(e.value)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        read_clicks(path, scene)
+    with pytest.raises(FileNotFoundError, match="no such clicks file"):
+        read_clicks(tmp_path / "missing.json", scene)
+    # one click per class but void, drawn inside the class; written and read back unchanged
+    clicks = clicks_from_labels(scene, view=1, seed=3)
+    assert sorted(c.label for c in clicks) == ["ball", "ground"]
+    assert all(int(scene.semantics[1][c.v, c.u]) == scene.meta["classes"].index(c.label) for c in clicks)
+    write_clicks(clicks, scene, path)
+    assert read_clicks(path, scene) == clicks
+
+
+def test_segmentation_metrics_ignore_void_and_unclicked_classes():
+    import numpy as np
+
+    from privnerf.semantics.propagate import segmentation_metrics
+
+    gt = np.array([[0, 1, 1, 2, 3]])
+    pred = np.array([[2, 1, 2, 2, 1]])  # void and class 3 (no click) do not count
+    m = segmentation_metrics([pred], [gt], classes=[1, 2])
+    assert m["pixels"] == 3
+    assert m["total_accuracy"] == pytest.approx(2 / 3)
+    assert m["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)  # class 1: 1/(2+1-1); class 2: 1/(1+2-1)
+
+
+def test_shape_and_propagate_from_the_command_line_and_bad_clicks_leave_nothing(tmp_path, capsys):
+    """A short built-in run, shaped and propagated through ``privnerf semantics``: label maps, overlays,
+    points and metrics are written; a click on an unknown view fails before anything is written."""
+    import json
+
+    from privnerf.cli.main import main
+
+    plain, shaped, out = tmp_path / "plain", tmp_path / "shaped", tmp_path / "labels"
+    assert main(["train", "--data", "builtin", "--steps", "150", "--output", str(plain), "--eval-max-images", "1"]) == 0
+    assert main(["semantics", "shape", "--checkpoint", str(plain), "--output", str(shaped), "--steps", "20", "--quiet"]) == 0
+    info = json.loads((shaped / "shaping.json").read_text())
+    assert info["history"] == [] or info["history"][-1]["shaping_rays"] > 0
+    assert (shaped / "checkpoints" / "last.pt").exists() and info["shaping_time_s"] > 0
+    clicks = tmp_path / "clicks.json"
+    assert main(["semantics", "clicks", "--data", "builtin", "--out", str(clicks)]) == 0
+    assert main(["semantics", "propagate", "--checkpoint", str(shaped), "--clicks", str(clicks), "--out", str(out),
+                 "--views", "2", "--quiet"]) == 0
+    doc = json.loads((out / "propagation.json").read_text())
+    assert len(doc["views"]) == 2 and set(doc["labels"]) == {c["label"] for c in json.loads(clicks.read_text())["clicks"]}
+    assert 0.0 <= doc["metrics"]["miou"] <= 1.0 and doc["metrics"]["pixels"] > 0
+    assert len(list((out / "labels").glob("*.png"))) == 2 and len(list((out / "overlays").glob("*.png"))) == 2
+    assert (out / "points.ply").stat().st_size > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"clicks": [{"view": "nope", "pixel": [1, 1], "label": "x"}]}))
+    assert main(["semantics", "propagate", "--checkpoint", str(shaped), "--clicks", str(bad), "--out", str(tmp_path / "x")]) != 0
+    assert f"{bad}: click 0: unknown view 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
