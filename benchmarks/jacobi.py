@@ -7,7 +7,8 @@ Runs, one after another in one process (2 CPU threads):
 * ``control``: the plain run fine-tuned ``--steps`` more steps exactly as shaping does it (same rays, same
   rates) but with the MI and norm weights at 0: the unshaped field at equal training;
 * ``shaped``: the same fine-tune with JacobiNeRF's loss (today's defaults, :class:`ShapingConfig`);
-* ``shaped-paper``: the same with the paper's weights (0.01 / 0.01) instead of ours.
+* ``shaped-mi0.1`` and ``shaped-paper-weights``: the same with the MI weight at 0.1, and with the paper's
+  weights (0.01 / 0.01).
 
 Each field propagates labels (:mod:`privnerf.semantics.propagate`) to the 8 test views from one random
 click per class (background is void) in training view 0, for ``--click-seeds`` draws, and from every pixel
@@ -137,11 +138,14 @@ def main() -> int:
         train_and_evaluate(cfg, quiet=True)
     base = ShapingConfig(steps=a.steps, quiet=True)
     variants = {"control": replace(base, mi_weight=0.0, norm_weight=0.0), "shaped": base,
+                "shaped-mi0.1": replace(base, mi_weight=0.1),
                 "shaped-paper-weights": replace(base, mi_weight=0.01, norm_weight=0.01)}
     runs = {}
     for name, scfg in variants.items():
         out = a.out / name
-        if not (a.reuse and (out / "shaping.json").exists()):
+        done = out / "shaping.json"
+        same = done.exists() and json.loads(done.read_text()).get("shaping") == json.loads(json.dumps(asdict(scfg), default=str))
+        if not (a.reuse and same):
             shutil.rmtree(out, ignore_errors=True)
             runs[name] = shape_run(plain, out, scfg)
         else:

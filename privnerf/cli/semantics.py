@@ -1,6 +1,6 @@
 """``privnerf semantics shape|propagate|clicks``: JacobiNeRF (shaping, label propagation from clicks).
 
-* ``privnerf semantics shape --checkpoint RUN --output SHAPED [--steps 2000] [--mi-weight 0.1]
+* ``privnerf semantics shape --checkpoint RUN --output SHAPED [--steps 2000] [--mi-weight 0.03]
   [--layers 1,2] [--quiet]``: fine-tune a finished grid-field run with the MI-gradient loss
   (:mod:`privnerf.semantics.shaping`); SHAPED is a run folder (``privnerf eval/render`` read it) with
   ``shaping.json``.
