@@ -110,12 +110,15 @@ class ShapingConfig:
     """The MI term's weight. The paper's 0.01 (with its MLP NeRF) moved our grid field little. Built-in scene,
     2,000 steps after a 120 s plain run, one click per class, mean of 3 draws (scratch runs, 2026-12-07):
     mIoU 0.301 without the term (test PSNR 30.62 dB), 0.37-0.43 at 0.01 (30.4-30.6), 0.52 at 0.03 (30.12),
-    0.54 at 0.1 (28.9); benchmarks/jacobi.py has the default and 0.1 side by side (docs/semantics.md)."""
+    0.54 at 0.1 (28.9); benchmarks/jacobi.py has the default (3 seeds: 0.46-0.49) and 0.1 side by side, and
+    runs spread widely (docs/semantics.md)."""
     norm_weight: float = 0.01
     tau_start: float = 0.8
     adaptive_threshold: bool = True
+    candidates: int = 4
+    """Pixels drawn per shaping ray (rendered once without gradient to find the opaque ones)."""
     min_opacity: float = 0.05
-    """Only rays this opaque take part (of twice ``rays`` drawn): a ray through empty space has no Jacobian
+    """Only rays this opaque take part (of ``candidates * rays`` drawn): a ray through empty space has no Jacobian
     (zero opacity), and a white background's identical features would make it everyone's positive. Low,
     because the opacity only scales a Jacobian (its direction is the head's activation) and the density
     field's built-in ground is half transparent (0.2-0.3)."""
@@ -183,11 +186,15 @@ class ShapingTrainer:
         t.maintenance()
         batch = t.sample_batch()
         loss, mse, out = t.compute_loss(batch)
-        img, u, v = self.sample_pixels(2 * c.rays)
-        jac, opacity = pixel_jacobians(t, img, u, v, with_opacity=True)
-        # rays through empty space have no Jacobian (zero opacity): the first `rays` opaque ones take part
-        keep = (opacity.detach() > c.min_opacity).nonzero().squeeze(1)[: c.rays]
-        img, u, v, jac = img[keep], u[keep], v[keep], jac[keep]
+        # rays through empty space have no Jacobian (zero opacity): of `candidates` times `rays` pixels, rendered
+        # once without gradient, the first `rays` opaque ones take part (so the batch stays full, and the
+        # adaptive threshold's 5-15 % targets mean what they do in the paper, where scenes have no background)
+        img, u, v = self.sample_pixels(c.candidates * c.rays)
+        with torch.no_grad():
+            _, opacity = pixel_jacobians(t, img, u, v, with_opacity=True)
+        keep = (opacity > c.min_opacity).nonzero().squeeze(1)[: c.rays]
+        img, u, v = img[keep], u[keep], v[keep]
+        jac = pixel_jacobians(t, img, u, v)
         mi, info = mi_gradient_loss(jac, self.features.lookup(img, u, v).to(jac), self.threshold)
         norm = gradient_norm_loss(jac)
         loss = loss + c.mi_weight * mi + c.norm_weight * norm
