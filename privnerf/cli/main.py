@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: privnerf {train,eval,render,export,data,fed,split,face,semantics} [options]\n")
         for name, (desc, _) in commands.items():
-            print(f"  {name:8s} {desc}")
+            print(f"  {name:10s} {desc}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
