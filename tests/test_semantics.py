@@ -109,6 +109,11 @@ def test_gradient_norm_loss_is_zero_for_unit_jacobians():
     J = torch.nn.functional.normalize(torch.randn(5, 3, 4).reshape(5, -1), dim=-1).reshape(5, 3, 4)
     assert float(gradient_norm_loss(J)) == pytest.approx(0.0, abs=1e-10)
     assert float(gradient_norm_loss(2 * J)) == pytest.approx(1.0)
+    # a shaping batch without an opaque ray gives zeros, not NaN
+    empty = torch.zeros(0, 3, 4)
+    assert float(gradient_norm_loss(empty)) == 0.0
+    loss, info = mi_gradient_loss(empty, torch.zeros(0, 5), AdaptiveThreshold())
+    assert float(loss) == 0.0 and info["anchors"] == 0
 
 
 def _tiny_scene():

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from privnerf.semantics.shaping import pixel_jacobians
+from privnerf.semantics.shaping import pixel_jacobians, pixel_rays, render_composited
 
 
 @dataclass
@@ -115,22 +115,22 @@ def label_directions(trainer, clicks: list[Click]) -> tuple[list[str], torch.Ten
 def view_activations(trainer, c2w, intrinsics, h: int, w: int, chunk: int = 8192, with_depth: bool = False):
     """Head activations ``(h, w, width)`` and opacity ``(h, w)`` of one camera (deterministic samples); with
     ``with_depth`` also the ray distance ``(h, w)`` (``inf`` where empty)."""
-    from privnerf.render.renderer import render_image_rays, render_rays
-    from privnerf.render.volume import accumulate
     from privnerf.semantics.jacobian import head_activation
 
-    f = trainer.field
-    settings = trainer.settings(inference=True)
+    out = _render_view(trainer, c2w, intrinsics, h, w, chunk, lambda comp, d: head_activation(trainer.field, comp, d))
+    return (out["x"], out["opacity"], out["depth"]) if with_depth else (out["x"], out["opacity"])
+
+
+@torch.no_grad()
+def _render_view(trainer, c2w, intrinsics, h: int, w: int, chunk: int, head) -> dict[str, torch.Tensor]:
+    """``head(composited (n, F), dirs (n, 3))`` per pixel of one camera as ``x``, with opacity and depth."""
+    from privnerf.render.renderer import render_image_rays
 
     def fn(o, d):
-        r = render_rays(f, trainer.occ, o, d, settings, jitter=False, keep_samples=True)
-        comp = accumulate(r["weights"], r["values"], r["samples"].ray_idx, o.shape[0])[:, : f.cfg.feature_dim]
-        return {"a": head_activation(f, comp, d), "opacity": r["opacity"], "depth": r["depth"]}
+        comp, r = render_composited(trainer, o, d)
+        return {"x": head(comp, d), "opacity": r["opacity"], "depth": r["depth"]}
 
-    out = render_image_rays(fn, c2w, intrinsics, h, w, trainer.device, chunk)
-    if with_depth:
-        return out["a"], out["opacity"], out["depth"]
-    return out["a"], out["opacity"]
+    return render_image_rays(fn, c2w, intrinsics, h, w, trainer.device, chunk)
 
 
 def postprocess(resp: torch.Tensor, clip: float = 0.8) -> torch.Tensor:
@@ -184,41 +184,20 @@ def segmentation_metrics(pred: list[np.ndarray], gt: list[np.ndarray], classes: 
 
 
 
-@torch.no_grad()
 def view_features(trainer, c2w, intrinsics, h: int, w: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Composited features ``(h, w, F)`` and opacity ``(h, w)`` of one camera (the semantic head's input)."""
-    from privnerf.render.renderer import render_image_rays, render_rays
-    from privnerf.render.volume import accumulate
-
-    f = trainer.field
-    settings = trainer.settings(inference=True)
-
-    def fn(o, d):
-        r = render_rays(f, trainer.occ, o, d, settings, jitter=False, keep_samples=True)
-        comp = accumulate(r["weights"], r["values"], r["samples"].ray_idx, o.shape[0])[:, : f.cfg.feature_dim]
-        return {"f": comp, "opacity": r["opacity"]}
-
-    out = render_image_rays(fn, c2w, intrinsics, h, w, trainer.device, chunk)
-    return out["f"], out["opacity"]
+    out = _render_view(trainer, c2w, intrinsics, h, w, chunk, lambda comp, d: comp)
+    return out["x"], out["opacity"]
 
 
 def train_semantic_head(trainer, clicks: list[Click], labels: list[str], steps: int = 500, seed: int = 0) -> torch.nn.Module:
     """The Semantic-NeRF-style baseline at the same clicks: a small MLP from a ray's composited features to
     label logits (Semantic-NeRF's semantic branch, deferred like our colour head), trained by cross-entropy
     on the clicked pixels only, the field frozen."""
-    from privnerf.data.cameras import rays_from_pixels
-    from privnerf.render.renderer import render_rays
-    from privnerf.render.volume import accumulate
-
-    t = trainer
-    sc = t.scene
     img = torch.tensor([c.view for c in clicks])
-    c2w = torch.as_tensor(np.asarray(sc.c2w), dtype=torch.float32)[img]
-    intr = torch.as_tensor(np.asarray(sc.intrinsics), dtype=torch.float32)[img]
-    o, d, _ = rays_from_pixels(c2w, intr, torch.tensor([c.u for c in clicks]), torch.tensor([c.v for c in clicks]))
+    o, d = pixel_rays(trainer, img, torch.tensor([c.u for c in clicks]), torch.tensor([c.v for c in clicks]))
     with torch.no_grad():
-        r = render_rays(t.field, t.occ, o, d, t.settings(inference=True), jitter=False, keep_samples=True)
-        x = accumulate(r["weights"], r["values"], r["samples"].ray_idx, o.shape[0])[:, : t.field.cfg.feature_dim]
+        x, _ = render_composited(trainer, o, d)
     y = torch.tensor([labels.index(c.label) for c in clicks])
     torch.manual_seed(seed)
     head = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, len(labels)))

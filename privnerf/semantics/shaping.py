@@ -79,6 +79,8 @@ def mi_gradient_loss(jac: torch.Tensor, feats: torch.Tensor, threshold: Adaptive
         True
     """
     n = jac.shape[0]
+    if n == 0:
+        return jac.new_zeros(()), {"positives": 0.0, "anchors": 0.0, "tau": threshold.value}
     j = jac.reshape(n, -1)
     j = j / j.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     e = torch.exp((j @ j.T).abs())
@@ -96,7 +98,9 @@ def mi_gradient_loss(jac: torch.Tensor, feats: torch.Tensor, threshold: Adaptive
 
 
 def gradient_norm_loss(jac: torch.Tensor) -> torch.Tensor:
-    """``mean_i (|J_i|_2 - 1)²`` over rays ``(n, ...)``."""
+    """``mean_i (|J_i|_2 - 1)²`` over rays ``(n, ...)`` (0 for no ray)."""
+    if jac.shape[0] == 0:
+        return jac.new_zeros(())
     return (jac.reshape(jac.shape[0], -1).norm(dim=-1) - 1.0).pow(2).mean()
 
 
@@ -130,24 +134,39 @@ class ShapingConfig:
     features: FeatureConfig = dc_field(default_factory=FeatureConfig)
 
 
+def render_composited(trainer, o: torch.Tensor, d: torch.Tensor, jitter: bool = False) -> tuple[torch.Tensor, dict]:
+    """Render rays ``(n, 3)`` with the trainer's field and return the composited head features ``(n, F)`` (the
+    deferred head's input before the direction) and the render's outputs (opacity, depth, ...). Training
+    settings with ``jitter``, inference settings without."""
+    from privnerf.render.renderer import render_rays
+    from privnerf.render.volume import accumulate
+
+    t = trainer
+    r = render_rays(t.field, t.occ, o, d, t.settings(inference=not jitter), jitter=jitter, keep_samples=True)
+    comp = accumulate(r["weights"], r["values"], r["samples"].ray_idx, o.shape[0])[:, : t.field.cfg.feature_dim]
+    return comp, r
+
+
+def pixel_rays(trainer, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays ``(n, 3)`` twice through pixels ``(u[k], v[k])`` (column, row) of training views ``img[k]``."""
+    from privnerf.data.cameras import rays_from_pixels
+
+    sc = trainer.scene
+    c2w = torch.as_tensor(np.asarray(sc.c2w), dtype=torch.float32)[img]
+    intr = torch.as_tensor(np.asarray(sc.intrinsics), dtype=torch.float32)[img]
+    o, d, _ = rays_from_pixels(c2w, intr, u, v)
+    return o.to(trainer.device), d.to(trainer.device)
+
+
 def pixel_jacobians(trainer, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor, jitter: bool = True,
                     with_opacity: bool = False):
     """Closed-form Jacobians ``(n, 3, width)`` of training pixels' rendered colours (differentiable): pixel
     ``(u[k], v[k])`` (column, row) of training view ``img[k]``."""
-    from privnerf.data.cameras import rays_from_pixels
-    from privnerf.render.renderer import render_rays
-    from privnerf.render.volume import accumulate
     from privnerf.semantics.jacobian import head_activation, ray_jacobians
 
-    t = trainer
-    sc = t.scene
-    c2w = torch.as_tensor(np.asarray(sc.c2w), dtype=torch.float32)[img]
-    intr = torch.as_tensor(np.asarray(sc.intrinsics), dtype=torch.float32)[img]
-    o, d, _ = rays_from_pixels(c2w, intr, u, v)
-    o, d = o.to(t.device), d.to(t.device)
-    r = render_rays(t.field, t.occ, o, d, t.settings(inference=not jitter), jitter=jitter, keep_samples=True)
-    comp = accumulate(r["weights"], r["values"], r["samples"].ray_idx, o.shape[0])[:, : t.field.cfg.feature_dim]
-    jac = ray_jacobians(head_activation(t.field, comp, d), r["opacity"])
+    o, d = pixel_rays(trainer, img, u, v)
+    comp, r = render_composited(trainer, o, d, jitter)
+    jac = ray_jacobians(head_activation(trainer.field, comp, d), r["opacity"])
     return (jac, r["opacity"]) if with_opacity else jac
 
 
@@ -194,10 +213,14 @@ class ShapingTrainer:
             _, opacity = pixel_jacobians(t, img, u, v, with_opacity=True)
         keep = (opacity > c.min_opacity).nonzero().squeeze(1)[: c.rays]
         img, u, v = img[keep], u[keep], v[keep]
-        jac = pixel_jacobians(t, img, u, v)
-        mi, info = mi_gradient_loss(jac, self.features.lookup(img, u, v).to(jac), self.threshold)
-        norm = gradient_norm_loss(jac)
-        loss = loss + c.mi_weight * mi + c.norm_weight * norm
+        if len(keep) > 1:  # an empty (or one-ray) batch has no pairs: the step is photometric only
+            jac = pixel_jacobians(t, img, u, v)
+            mi, info = mi_gradient_loss(jac, self.features.lookup(img, u, v).to(jac), self.threshold)
+            norm = gradient_norm_loss(jac)
+            loss = loss + c.mi_weight * mi + c.norm_weight * norm
+        else:
+            mi = norm = loss.new_zeros(())
+            info = {"positives": 0.0, "anchors": 0.0, "tau": self.threshold.value}
         stats = t.apply_loss(loss, mse, out, batch[0].shape[0])
         self.steps_done += 1
         stats.update(mi=float(mi.detach()), jac_norm=float(norm.detach()), shaping_rays=float(len(keep)), **info)
@@ -268,4 +291,4 @@ def shape_run(plain_run: Path, out_dir: Path, cfg: ShapingConfig) -> dict:
     return res
 
 
-__all__ = ["AdaptiveThreshold", "ShapingConfig", "ShapingTrainer", "pixel_jacobians", "gradient_norm_loss", "mi_gradient_loss", "shape_run"]
+__all__ = ["AdaptiveThreshold", "ShapingConfig", "ShapingTrainer", "pixel_jacobians", "pixel_rays", "render_composited", "gradient_norm_loss", "mi_gradient_loss", "shape_run"]
