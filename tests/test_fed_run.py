@@ -325,3 +325,57 @@ def test_federated_clients_add_the_distortion_term_only_when_set(tiny_crowd, tmp
     # the global weights are the global field's share of the composite: they sum to at most the joint opacity
     per_ray = torch.zeros(batch[0].shape[0]).index_add_(0, s.ray_idx, out["weights_global"].detach())
     assert bool((per_ray <= out["opacity"].detach() + 1e-5).all())
+
+
+def test_private_masks_keep_the_masked_pixels_out_of_what_leaves(tiny_crowd, tmp_path):
+    """FedConfig.private_masks: the user's masked pixels (its own person) never enter its training, so what
+    crosses (the upload, and the alpha phase's gradient) is bit-identical whatever those pixels hold; without
+    the masks the same change moves the upload. Masks read from find-person's layout are checked by name."""
+    import imageio.v3 as iio
+
+    from privnerf.data.errors import SceneError
+    from privnerf.fed import messages
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.local import LocalUser
+    from privnerf.train.trainer import Trainer
+
+    fc = FedConfig(data=str(tiny_crowd), aggregator="learned")
+    tc = fc.client_train_config()
+
+    def uploads(masks, scribble: bool, d):
+        user = LocalUser(1, str(tiny_crowd), tc, d, 2, 0.3, private_masks=masks)
+        person = [np.asarray(m) == 2 for m in user.scene.masks]
+        assert sum(int(p.sum()) for p in person) > 0
+        if scribble:  # a different person: noise inside the person's pixels only
+            rng = np.random.default_rng(0)
+            for im, p in zip(user.scene.images, person):
+                im[p] = rng.random((int(p.sum()), 3)).astype(np.float32)
+        start = messages.global_arrays(Trainer(tc, user.scene).field)
+        up, _ = user.train(start, 0.3)
+        grad, loss = user.loss_gradient(start, 1)
+        return up, grad, loss
+
+    from privnerf.fed import local
+
+    local._SCENE_CACHE.clear()
+    a = uploads("truth", False, tmp_path / "a")
+    local._SCENE_CACHE.clear()
+    b = uploads("truth", True, tmp_path / "b")
+    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+        np.testing.assert_array_equal(x, y)
+    assert a[2] == b[2]
+    local._SCENE_CACHE.clear()
+    c = uploads(None, False, tmp_path / "c")
+    local._SCENE_CACHE.clear()
+    e = uploads(None, True, tmp_path / "e")
+    assert any(not np.array_equal(x, y) for x, y in zip(c[0], e[0]))
+    local._SCENE_CACHE.clear()
+
+    # masks in find-person's layout: a missing photo's mask is named
+    user = LocalUser(1, str(tiny_crowd), tc, tmp_path / "f", 1, 0.3)
+    folder = tmp_path / "masks" / "user-001" / "masks"
+    folder.mkdir(parents=True)
+    for name, m in zip(user.scene.names[1:], user.scene.masks[1:]):
+        iio.imwrite(folder / f"{Path(name).stem}.png", ((np.asarray(m) == 2) * 255).astype(np.uint8))
+    with pytest.raises(SceneError, match="no private mask"):
+        LocalUser(1, str(tiny_crowd), tc, tmp_path / "g", 1, 0.3, private_masks=str(tmp_path / "masks"))

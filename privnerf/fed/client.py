@@ -40,7 +40,8 @@ class DecentClient(NumPyClient):
         self.cfg = cfg
         tc = cfg.client_train_config()
         self.local = LocalUser(user, cfg.data, tc, Path(cfg.state_dir) / "clients", cfg.rounds, cfg.local_epochs,
-                               keep_optimizer=cfg.keep_optimizer, person_free=cfg.trains_person_free)
+                               keep_optimizer=cfg.keep_optimizer, person_free=cfg.trains_person_free,
+                               private_masks=cfg.private_masks)
 
     def fit(self, parameters, config):
         phase = str(config["phase"])

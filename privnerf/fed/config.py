@@ -87,6 +87,12 @@ class FedConfig:
     """Federated users train on their photos' person-free copies (the crowd's clean/; leakage is still scored
     against the photos with people). A diagnostic, not a privacy mode: it splits the gap between a federated
     run and the oracle into what federation costs and what the people cost (docs/decentnerf.md)."""
+    private_masks: Optional[str] = None
+    """Each user's own person masks, kept on its device: ``DIR/user-XXX/masks/<photo>.png`` as ``privnerf
+    semantics find-person`` writes them (one click on the person in one photo, JacobiNeRF propagates it).
+    The masked pixels never enter the user's training (neither field, nor the alpha gradient), so its
+    person cannot enter its upload. ``truth`` uses the crowd's own masks of the user's person instead (a
+    diagnostic: what perfect masks are worth)."""
     keep_optimizer: bool = False
     """Users keep their Adam moments between rounds (on the device) instead of restarting them each round."""
     grad_batches: int = 4

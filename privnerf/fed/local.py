@@ -89,6 +89,20 @@ def load_user_scene(data: str, user: int, person_free: bool = False) -> Scene:
     return mine
 
 
+def user_private_masks(scene: Scene, user: int, where: str | None) -> list[np.ndarray] | None:
+    """User ``user``'s private masks for its photos ``scene`` (``FedConfig.private_masks``): ``None``, the
+    crowd's masks of its person (``truth``), or ``where/user-XXX/masks/*.png`` (read on the device)."""
+    if where is None:
+        return None
+    if where == "truth":
+        if scene.masks is None:
+            raise ValueError("private_masks=truth needs the crowd dataset's masks")
+        return [np.asarray(m) == user + 1 for m in scene.masks]
+    from privnerf.semantics.find_person import read_private_masks
+
+    return read_private_masks(Path(where) / f"user-{user:03d}", scene)
+
+
 def trainer_at(cfg: TrainConfig, scene: Scene, global_arrays: list[np.ndarray]) -> Trainer:
     """A trainer on ``scene`` whose global field holds ``global_arrays`` (shapes included: the server may have
     grown the grids), with optimizers built for those tensors. The occupancy grid is not yet refreshed."""
@@ -167,10 +181,11 @@ class LocalUser:
     """
 
     def __init__(self, user: int, data: str, cfg: TrainConfig, state_dir: Path, rounds: int, epochs: float,
-                 keep_optimizer: bool = False, person_free: bool = False):
+                 keep_optimizer: bool = False, person_free: bool = False, private_masks: str | None = None):
         self.keep_optimizer = keep_optimizer
         self.user = int(user)
         self.scene = load_user_scene(data, self.user, person_free)
+        self.private_masks = user_private_masks(self.scene, self.user, private_masks)
         self.cfg = copy.deepcopy(cfg)
         gc = self.cfg.field.grid
         gc.grow_at = ()  # the server grows the global grids; clients take the shape they receive
@@ -201,6 +216,7 @@ class LocalUser:
     # -- the trainer at the received global weights -------------------------------------------------
     def trainer(self, global_arrays: list[np.ndarray]) -> Trainer:
         t = trainer_at(self.cfg, self.scene, global_arrays)
+        t.excluded_pixels = self.private_masks
         if t.personal is not None and self.state.personal is not None:
             t.personal.load_state_dict(self.state.personal)  # in place: the optimizers keep these tensors
         t.step_count = self.state.steps

@@ -16,7 +16,7 @@ class PixelSampler:
     ``(image, u, v)``, so only coordinates are needed to ask for a ray (which split learning relies on).
     """
 
-    def __init__(self, scene: Scene, device: torch.device):
+    def __init__(self, scene: Scene, device: torch.device, exclude: list[np.ndarray] | None = None):
         sizes = [h * w for h, w in (scene.hw(i) for i in range(scene.num_views))]
         self.offsets = torch.tensor(np.cumsum([0] + sizes), dtype=torch.long)
         self.widths = torch.tensor([scene.hw(i)[1] for i in range(scene.num_views)], dtype=torch.long)
@@ -25,6 +25,20 @@ class PixelSampler:
         self.intrinsics = torch.from_numpy(scene.intrinsics).float()
         self.device = device
         self.num_pixels = int(self.offsets[-1])
+        self.pool: torch.Tensor | None = None
+        """Flat indices of the pixels that may be drawn (``None``: all). With ``exclude`` (one boolean ``(H_i,
+        W_i)`` mask per view, True = never train on it) the masked pixels are never sampled: DecentNeRF's
+        private masks (a user's own person, found on the device) keep them out of every loss and upload."""
+        if exclude is not None:
+            if len(exclude) != scene.num_views:
+                raise ValueError(f"exclude: {len(exclude)} masks for {scene.num_views} views")
+            for i, m in enumerate(exclude):
+                if np.shape(m) != tuple(scene.hw(i)):
+                    raise ValueError(f"exclude: mask {i} is {np.shape(m)}, view {i} is {scene.hw(i)}")
+            keep = ~np.concatenate([np.asarray(m, bool).reshape(-1) for m in exclude])
+            if not keep.any():
+                raise ValueError("exclude: every pixel is masked; nothing left to train on")
+            self.pool = torch.from_numpy(np.flatnonzero(keep))
 
     def locate(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat pixel index ``(n,)`` → image index, column u, row v."""
@@ -40,7 +54,10 @@ class PixelSampler:
     def sample(self, n: int, generator: torch.Generator, with_image: bool = False):
         """``n`` random pixels → origins ``(n, 3)``, directions ``(n, 3)``, target colours ``(n, 3)`` (and, with
         ``with_image``, the image index of each ray ``(n,)``, which per-image embeddings need)."""
-        flat = torch.randint(0, self.num_pixels, (n,), generator=generator)
+        if self.pool is None:
+            flat = torch.randint(0, self.num_pixels, (n,), generator=generator)
+        else:
+            flat = self.pool[torch.randint(0, len(self.pool), (n,), generator=generator)]
         img, u, v = self.locate(flat)
         o, d = self.rays(img, u, v)
         if with_image:

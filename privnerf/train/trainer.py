@@ -127,6 +127,8 @@ class Trainer:
                                           cfg.field.grid.feature_dim, step0).to(self.device)
         self.occ = OccupancyGrid(self.field.space.box, cfg.render.occ_resolution).to(self.device)
         self._pixels: PixelSampler | None = None
+        self.excluded_pixels: list[np.ndarray] | None = None
+        """Per-view boolean masks of pixels never to train on (set before the first step; see PixelSampler)."""
         self._build_optimizers()
         self.step_count = 0
         self.train_time = 0.0
@@ -142,7 +144,7 @@ class Trainer:
     def pixels(self) -> PixelSampler:
         """Training pixels, gathered on first use (inference from a checkpoint never needs them)."""
         if self._pixels is None:
-            self._pixels = PixelSampler(self.scene, self.device)
+            self._pixels = PixelSampler(self.scene, self.device, self.excluded_pixels)
         return self._pixels
 
     # -- setup --------------------------------------------------------------------------------------
