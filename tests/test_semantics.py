@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -203,3 +205,65 @@ def test_shape_and_propagate_from_the_command_line_and_bad_clicks_leave_nothing(
     assert main(["semantics", "propagate", "--checkpoint", str(shaped), "--clicks", str(bad), "--out", str(tmp_path / "x")]) != 0
     assert f"{bad}: click 0: unknown view 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_person_mask_keeps_the_strongest_connected_region_above_the_hysteresis():
+    """find-person's mask rule: regions of response >= low that reach high, the one with the largest summed
+    response kept; pixels the field renders transparent never count; IoU of masks."""
+    from privnerf.semantics.find_person import FindPersonConfig, dilate, mask_iou, person_mask
+
+    r = np.zeros((40, 40), np.float32)
+    r[5:15, 5:12] = 0.5
+    r[8, 8] = 1.0  # the person: a plateau at 0.5 that peaks above high
+    r[25:35, 20:38] = 0.5  # a wider plateau that never reaches high: dropped by the hysteresis
+    r[30:32, 2:4] = 0.9  # a small strong blob: reaches high, but sums to less than the person
+    op = np.ones_like(r)
+    cfg = FindPersonConfig(high=0.6, low=0.3)
+    m = person_mask(r, op, cfg)
+    truth = np.zeros_like(r, bool)
+    truth[5:15, 5:12] = True
+    assert mask_iou(m, truth) == 1.0
+    op[5:15, 5:12] = 0.0  # transparent there: the person is gone, the small blob is what is left
+    m2 = person_mask(r, op, cfg)
+    assert m2[30:32, 2:4].all() and m2.sum() == 4
+    assert not person_mask(np.zeros_like(r), op, cfg).any()
+    # anchored at the click's projection: the region there, the nearest within the radius, or none
+    op[:] = 1.0
+    assert person_mask(r, op, cfg, (2.5, 31.0), anchored=True).sum() == 4
+    assert mask_iou(person_mask(r, op, cfg, (12.0, 16.0), anchored=True), truth) == 1.0  # 2.2 px off the region
+    assert not person_mask(r, op, cfg, (39.0, 0.0), anchored=True).any()
+    assert not person_mask(r, op, cfg, None, anchored=True).any()  # behind the camera
+    assert mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) is None
+    assert dilate(truth, 1).sum() > truth.sum()
+
+
+def test_a_point_on_a_pixels_ray_projects_back_to_the_pixel():
+    from privnerf.data.cameras import rays_from_pixels
+    from privnerf.semantics.find_person import project
+
+    c2w = torch.tensor([[0.0, -0.6, 0.8, 3.0], [1.0, 0.0, 0.0, 0.2], [0.0, 0.8, 0.6, 1.5], [0, 0, 0, 1.0]])
+    intr = torch.tensor([50.0, 52.0, 31.5, 20.0])
+    o, d, _ = rays_from_pixels(c2w, intr, torch.tensor([7, 40]), torch.tensor([3, 33]))
+    for k, (u, v) in enumerate([(7, 3), (40, 33)]):
+        uv = project((o[k] + 2.7 * d[k]).numpy(), c2w.numpy(), intr.numpy())
+        assert abs(uv[0] - u) < 1e-4 and abs(uv[1] - v) < 1e-4
+    assert project((o[0] - 1.0 * d[0]).numpy(), c2w.numpy(), intr.numpy()) is None
+
+
+def test_pixel_sampler_never_draws_excluded_pixels():
+    from privnerf.data.loader import load_scene
+    from privnerf.train.rays import PixelSampler
+
+    scene = load_scene("builtin:size=16,n_train=2,n_test=1", split="train")
+    ex = [np.zeros(scene.hw(i), bool) for i in range(scene.num_views)]
+    ex[0][:, :8] = True
+    ex[1][:] = True
+    s = PixelSampler(scene, torch.device("cpu"), ex)
+    img, u, v = s.locate(s.pool[torch.randint(0, len(s.pool), (4000,))])
+    assert (img == 0).all() and (u >= 8).all()
+    o, d, rgb = s.sample(512, torch.Generator().manual_seed(0))
+    assert rgb.shape == (512, 3)
+    with pytest.raises(ValueError, match="every pixel"):
+        PixelSampler(scene, torch.device("cpu"), [np.ones(scene.hw(i), bool) for i in range(scene.num_views)])
+    with pytest.raises(ValueError, match="mask 0"):
+        PixelSampler(scene, torch.device("cpu"), [np.zeros((3, 3), bool)] * scene.num_views)

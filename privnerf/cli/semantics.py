@@ -9,6 +9,12 @@
   overlays on the views' photos, ``points.ply`` (the labelled rendered surface points of every view, in the
   scene's frame) and ``propagation.json`` (labels, clicks; metrics when the split has semantic ground truth
   named like the labels). ``clicks.json``: see :mod:`privnerf.semantics.propagate`.
+* ``privnerf semantics find-person --data CROWD --user K (--clicks clicks.json | --simulate-click) --out DIR
+  [--train-time 90] [--shaping-steps 400] [--dilate 2]``: on user K's device, one click on its own person in
+  one of its photos (``clicks.json`` with one click, the view one of the user's photos) → that person's
+  mask in all its photos (``DIR/masks/<photo>.png``, overlays, ``find_person.json`` with the IoU when the crowd
+  has masks). ``--simulate-click`` clicks the most interior pixel of the crowd's mask of the person (for
+  benchmarks). DecentNeRF reads a folder of such outputs (``user-XXX/``) with ``--private-masks``.
 * ``privnerf semantics clicks --data builtin --out clicks.json [--view 0] [--per-class 1] [--seed 0]``: draw
   clicks from a labelled training view (one random pixel per class, void excluded): the paper's protocol.
 """
@@ -21,6 +27,7 @@ from pathlib import Path
 
 USAGE = ("usage: privnerf semantics shape --checkpoint RUN --output SHAPED [--steps N] [--mi-weight W]\n"
          "       privnerf semantics propagate --checkpoint RUN --clicks clicks.json --out DIR [--split S]\n"
+         "       privnerf semantics find-person --data CROWD --user K (--clicks clicks.json | --simulate-click) --out DIR\n"
          "       privnerf semantics clicks --data DATA --out clicks.json [--view I] [--per-class K] [--seed S]")
 
 
@@ -95,11 +102,50 @@ def _clicks(argv: list[str]) -> int:
     return 0
 
 
+def _find_person(argv: list[str]) -> int:
+    from privnerf.fed.local import load_user_scene
+    from privnerf.semantics.find_person import FindPersonConfig, find_person_run
+    from privnerf.semantics.propagate import read_clicks
+    from privnerf.train.trainer import set_threads
+
+    d = FindPersonConfig()
+    p = argparse.ArgumentParser(prog="privnerf semantics find-person",
+                                description="one click on your own person -> its mask in all your photos")
+    p.add_argument("--data", required=True, help="a crowd dataset (privnerf data crowd)")
+    p.add_argument("--user", type=int, required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--clicks", type=Path, help="clicks.json with one click; its view is one of the user's photos")
+    g.add_argument("--simulate-click", action="store_true",
+                   help="click the most interior pixel of the crowd's mask of the person (benchmarks)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--train-time", type=float, default=d.train_time_s, help="seconds for the device field (default %(default)s)")
+    p.add_argument("--shaping-steps", type=int, default=d.shaping.steps)
+    p.add_argument("--dilate", type=int, default=d.dilate, help="pixels of dilation of the written masks")
+    p.add_argument("--object-radius", type=float, default=d.object_radius,
+                   help="the person lies within this share of the box diagonal of the click (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    set_threads(a.threads)
+    click = None
+    if a.clicks is not None:
+        clicks = read_clicks(a.clicks, load_user_scene(a.data, a.user))
+        if len(clicks) != 1:
+            raise ValueError(f"{a.clicks}: find-person takes one click, got {len(clicks)}")
+        click = clicks[0]
+    cfg = FindPersonConfig(train_time_s=a.train_time, dilate=a.dilate, object_radius=a.object_radius)
+    cfg.shaping.steps = a.shaping_steps
+    doc = find_person_run(a.data, a.user, click, a.out, cfg, quiet=a.quiet)
+    iou = f"; mean IoU against the crowd's mask {doc['iou']:.3f}" if doc.get("iou") is not None else ""
+    print(f"user {a.user}: masks of its person in {len(doc['views'])} photos -> {a.out}{iou}")
+    return 0
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    cmds = {"shape": _shape, "propagate": _propagate, "clicks": _clicks}
+    cmds = {"shape": _shape, "propagate": _propagate, "clicks": _clicks, "find-person": _find_person}
     if argv[0] not in cmds:
         print(USAGE)
         raise SystemExit(f"privnerf semantics: unknown command {argv[0]!r}")
