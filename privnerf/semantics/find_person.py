@@ -8,8 +8,8 @@ colour head along the click's Jacobian). The masks stay on the device; DecentNeR
 (``FedConfig.private_masks``: the masked pixels never enter the user's training, so never its upload).
 
 Decisions the paper leaves open (one click, one label, so its softmax over labels has nothing to choose
-between), measured on the built-in demo crowd and then applied unchanged to ``decentnerf-lego-20``
-(docs/semantics.md):
+between), chosen on three users of ``decentnerf-lego-20`` (0-2) and applied unchanged to the other 17 and to
+the demo crowd (docs/semantics.md):
 
 * **Normalisation by the click.** Each view's response map is divided by the clicked pixel's own response
   (not by the view's maximum, which in a view where the person is absent makes whatever resonates most the
@@ -62,11 +62,11 @@ class FindPersonConfig:
     min_opacity: float = 0.5
     """Pixels the field renders less opaque than this are never the person."""
     anchor_radius: float = 0.05
+    """How far (share of the image diagonal) from the click's projection the kept region may lie."""
     object_radius: float | None = None
     """Only pixels whose rendered surface point lies within this share of the scene box's diagonal of the
     click's 3D point can be the person (``None``: no 3D limit). A person is a bounded object; without the
     limit the region grows into whatever it touches and resonates alike (the digger's plate)."""
-    """How far (share of the image diagonal) from the click's projection the kept region may lie."""
     dilate: int = 2
     """Pixels of dilation of the masks written for DecentNeRF (0 = none)."""
     t: float = 0.1
