@@ -267,3 +267,56 @@ def test_pixel_sampler_never_draws_excluded_pixels():
         PixelSampler(scene, torch.device("cpu"), [np.ones(scene.hw(i), bool) for i in range(scene.num_views)])
     with pytest.raises(ValueError, match="mask 0"):
         PixelSampler(scene, torch.device("cpu"), [np.zeros((3, 3), bool)] * scene.num_views)
+
+
+def test_find_person_from_the_command_line_writes_masks_the_federation_reads(tiny_crowd, tmp_path, capsys):
+    """``privnerf semantics find-person`` on one user of a tiny crowd (a few seconds of training): one mask and
+    one overlay per photo of that user, in the layout ``--private-masks`` reads; two clicks, or a click on
+    another user's photo, fail naming the file before anything is written."""
+    import json
+
+    from privnerf.cli.main import main
+    from privnerf.fed.local import load_user_scene, user_private_masks
+
+    masks = tmp_path / "masks"
+    out = masks / "user-001"
+    assert main(["semantics", "find-person", "--data", str(tiny_crowd), "--user", "1", "--simulate-click",
+                 "--out", str(out), "--train-time", "4", "--shaping-steps", "10", "--quiet"]) == 0
+    scene = load_user_scene(str(tiny_crowd), 1)
+    doc = json.loads((out / "find_person.json").read_text())
+    assert doc["views"] == list(scene.names) and doc["field_steps"] > 0
+    assert doc["iou"] is None or 0.0 <= doc["iou"] <= 1.0
+    assert len(list((out / "overlays").glob("*.png"))) == scene.num_views
+    read = user_private_masks(scene, 1, str(masks))
+    assert [m.shape for m in read] == [tuple(scene.hw(i)) for i in range(scene.num_views)]
+    assert any(m.any() for m in read)  # the clicked pixel itself is the person in the click's photo
+
+    clicks = tmp_path / "two.json"
+    name = scene.names[0]
+    clicks.write_text(json.dumps({"clicks": [{"view": name, "pixel": [1, 1], "label": "me"}] * 2}))
+    assert main(["semantics", "find-person", "--data", str(tiny_crowd), "--user", "1", "--clicks", str(clicks),
+                 "--out", str(tmp_path / "x")]) != 0
+    assert f"{clicks}: find-person takes one click, got 2" in capsys.readouterr().err
+    other = next(n for n in load_user_scene(str(tiny_crowd), 0).names if n not in scene.names)
+    clicks.write_text(json.dumps({"clicks": [{"view": other, "pixel": [1, 1], "label": "me"}]}))
+    assert main(["semantics", "find-person", "--data", str(tiny_crowd), "--user", "1", "--clicks", str(clicks),
+                 "--out", str(tmp_path / "x")]) != 0
+    assert f"{clicks}: click 0: unknown view" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_the_simulated_click_lands_where_the_person_is_seen_best():
+    """A sliver of the person at the first photo's border loses to a whole blob in a later photo; the click is
+    the blob's centre."""
+    from types import SimpleNamespace
+
+    from privnerf.semantics.find_person import interior_click
+
+    a = np.zeros((20, 20), np.uint8)
+    a[17:, 2:18] = 2  # user 1's person, cut by the bottom border
+    b = np.zeros((20, 20), np.uint8)
+    b[4:11, 6:13] = 2
+    c = interior_click(SimpleNamespace(masks=[np.zeros((20, 20), np.uint8), a, b], num_views=3), 1)
+    assert (c.view, c.u, c.v) == (2, 9, 7)
+    with pytest.raises(ValueError, match="never show"):
+        interior_click(SimpleNamespace(masks=[a], num_views=1), 0)
