@@ -17,7 +17,8 @@ Stages (one process each; results merge into ``benchmarks/results/jacobi-crowd.j
   views and the personal-content leakage (docs/decentnerf.md).
 
 Usage: ``python benchmarks/jacobi_crowd.py --stage find --crowd lego-20 [--users 0-19]``,
-``python benchmarks/jacobi_crowd.py --stage find --crowd demo``, ``python benchmarks/jacobi_crowd.py --stage fed``.
+``python benchmarks/jacobi_crowd.py --stage find --crowd demo --train-time 30`` (the 2026-12-07 figures),
+``python benchmarks/jacobi_crowd.py --stage fed [--rows found]``.
 """
 
 from __future__ import annotations
