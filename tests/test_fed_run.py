@@ -379,3 +379,21 @@ def test_private_masks_keep_the_masked_pixels_out_of_what_leaves(tiny_crowd, tmp
         iio.imwrite(folder / f"{Path(name).stem}.png", ((np.asarray(m) == 2) * 255).astype(np.uint8))
     with pytest.raises(SceneError, match="no private mask"):
         LocalUser(1, str(tiny_crowd), tc, tmp_path / "g", 1, 0.3, private_masks=str(tmp_path / "masks"))
+
+
+def test_a_simulation_refuses_missing_private_masks_before_any_round(tiny_crowd, tmp_path):
+    """Without the check, a client failing to read its masks inside its actor left Flower with too few nodes
+    and the run finished untrained. Now the launcher names the file and writes nothing; the one-model
+    aggregators refuse the option."""
+    from privnerf.data.errors import SceneError
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.run import run_federated
+
+    out = tmp_path / "run"
+    with pytest.raises(SceneError, match="user-000.*no private mask"):
+        run_federated(FedConfig(data=str(tiny_crowd), aggregator="learned", rounds=1,
+                                private_masks=str(tmp_path / "nowhere"), output=out), quiet=True)
+    with pytest.raises(ValueError, match="one model on every photo"):
+        run_federated(FedConfig(data=str(tiny_crowd), aggregator="centralized", rounds=1, private_masks="truth",
+                                output=out), quiet=True)
+    assert not out.exists()

@@ -121,8 +121,9 @@ def _find_person(argv: list[str]) -> int:
     p.add_argument("--train-time", type=float, default=d.train_time_s, help="seconds for the device field (default %(default)s)")
     p.add_argument("--shaping-steps", type=int, default=d.shaping.steps)
     p.add_argument("--dilate", type=int, default=d.dilate, help="pixels of dilation of the written masks")
-    p.add_argument("--object-radius", type=float, default=d.object_radius,
-                   help="the person lies within this share of the box diagonal of the click (default %(default)s)")
+    p.add_argument("--object-radius", type=lambda x: None if x.lower() == "none" else float(x), default=d.object_radius,
+                   help="the person lies within this share of the box diagonal of the click ('none': no limit; "
+                   "default %(default)s)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)

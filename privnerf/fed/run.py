@@ -54,6 +54,16 @@ def user_ids(scene: Scene) -> list[int]:
     return ids
 
 
+def check_private_masks(cfg: FedConfig) -> None:
+    """Read every user's private masks once (a simulation holds all the users here), so that a missing or
+    misshapen file stops the run with its name instead of failing inside the clients' actors (where Flower
+    only reports too few nodes and the run goes on without them)."""
+    from privnerf.fed.local import load_user_scene, user_private_masks
+
+    for k in user_ids(load_dataset(cfg.data, "train")):
+        user_private_masks(load_user_scene(cfg.data, k), k, cfg.private_masks)
+
+
 class Harness:
     """Builds the server's field and measures each round (the ``hooks`` of :class:`DecentServer`)."""
 
@@ -257,6 +267,11 @@ def finish(cfg: FedConfig, run_dir: Path, results: dict[str, Any], t0: float) ->
 
 def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` on the Simulation Engine (or centralized) and return the results in ``results.json``."""
+    if cfg.private_masks is not None:
+        if cfg.one_trainer:
+            raise ValueError(f"--private-masks is a federated user's mode; aggregator {cfg.aggregator!r} trains one "
+                             "model on every photo")
+        check_private_masks(cfg)  # every user's node is this machine: refuse before any round, not in a client
     run_dir = prepare_run(cfg)
     if cfg.one_trainer:
         t0 = time.perf_counter()

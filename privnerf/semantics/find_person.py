@@ -26,16 +26,15 @@ the demo crowd (docs/semantics.md):
   measured before dilation.
 
 ``masks/<view>.png`` (255 = the person), ``overlays/<view>.png`` and ``find_person.json`` are written into
-the output folder, whole or not at all.
+the output folder, whole or not at all (:func:`~privnerf.data.io.atomic_directory`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from dataclasses import field as dc_field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from privnerf.data.io import atomic_directory
 from privnerf.semantics.propagate import Click
 from privnerf.semantics.shaping import ShapingConfig
 
@@ -272,7 +272,7 @@ def find_person_run(data: str, user: int, click: Click | None, out: Path, cfg: F
     t0 = time.perf_counter()
     trainer = train_device_field(scene, cfg, quiet=quiet)
     t1 = time.perf_counter()
-    ShapingTrainer(trainer, replace_quiet(cfg.shaping, quiet)).train()
+    ShapingTrainer(trainer, replace(cfg.shaping, quiet=quiet)).train()
     t2 = time.perf_counter()
     found = find_person(trainer, click, cfg)
     t3 = time.perf_counter()
@@ -286,31 +286,17 @@ def find_person_run(data: str, user: int, click: Click | None, out: Path, cfg: F
         doc["iou_per_view"] = ious
         kept = [x for x in ious if x is not None]
         doc["iou"] = float(np.mean(kept)) if kept else None
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "masks").mkdir(parents=True)
-    (partial / "overlays").mkdir()
-    try:
+    tint = np.array([230.0, 25.0, 75.0])
+    with atomic_directory(out) as tmp:
+        (tmp / "masks").mkdir()
+        (tmp / "overlays").mkdir()
         for i, m in enumerate(found["masks"]):
-            iio.imwrite(partial / "masks" / f"{names[i]}.png", (dilate(m, cfg.dilate) * 255).astype(np.uint8))
+            iio.imwrite(tmp / "masks" / f"{names[i]}.png", (dilate(m, cfg.dilate) * 255).astype(np.uint8))
             photo = np.clip(np.asarray(scene.images[i], np.float32), 0, 1) * 255
-            tint = np.array([230.0, 25.0, 75.0])
             a = 0.6 * m[..., None]
-            iio.imwrite(partial / "overlays" / f"{names[i]}.png", (photo * (1 - a) + tint * a).astype(np.uint8))
-        (partial / "find_person.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
+            iio.imwrite(tmp / "overlays" / f"{names[i]}.png", (photo * (1 - a) + tint * a).astype(np.uint8))
+        (tmp / "find_person.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return doc
-
-
-def replace_quiet(cfg: ShapingConfig, quiet: bool) -> ShapingConfig:
-    from dataclasses import replace
-
-    return replace(cfg, quiet=quiet)
 
 
 def read_private_masks(folder: Path, scene) -> list[np.ndarray]:

@@ -218,15 +218,14 @@ PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
 def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", max_views: int | None = None,
                   t: float = 0.1, quiet: bool = False) -> dict:
     """``privnerf semantics propagate``: label every view of ``split`` from the clicks; writes DIR whole or
-    not at all (a ``.partial`` folder renamed at the end)."""
-    import shutil
-
+    not at all (:func:`~privnerf.data.io.atomic_directory`)."""
     import imageio.v3 as iio
     import trimesh
     from tqdm.auto import tqdm
 
     from privnerf.cli.train import load_split
     from privnerf.data.cameras import image_rays
+    from privnerf.data.io import atomic_directory
     from privnerf.train.trainer import trainer_from_checkpoint
 
     run, out = Path(run), Path(out)
@@ -238,13 +237,11 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
     views = load_split(trainer.cfg, split)
     n = views.num_views if max_views is None else min(max_views, views.num_views)
     labels, G = label_directions(trainer, clicks)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "labels").mkdir(parents=True)
-    (partial / "overlays").mkdir()
     preds, pts, cols = [], [], []
     names = views.names or [f"{split}_{i:04d}" for i in range(n)]
-    try:
+    with atomic_directory(out) as partial:
+        (partial / "labels").mkdir()
+        (partial / "overlays").mkdir()
         for i in tqdm(range(n), disable=quiet, desc="propagate"):
             h, w = views.hw(i)
             a, op, depth = view_activations(trainer, views.c2w[i], views.intrinsics[i], h, w, with_depth=True)
@@ -274,12 +271,6 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
             cls = np.array([classes.index(lab) for lab in labels])
             doc["metrics"] = segmentation_metrics([cls[p] for p in preds], views.semantics[:n], cls.tolist())
         (partial / "propagation.json").write_text(json.dumps(doc, indent=1) + "\n")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
     return doc
 
 
