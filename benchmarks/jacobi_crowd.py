@@ -54,6 +54,12 @@ def commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
+def suffix(a) -> str:
+    """``-zero`` for runs whose Jacobians are taken at a zero view direction (their dumps and results are kept
+    apart from the ray-direction ones)."""
+    return "" if a.jacobian_view == "ray" else f"-{a.jacobian_view}"
+
+
 def crowd_dir(name: str) -> Path:
     from privnerf.data.crowd import CrowdConfig, generate_crowd, load_crowd_source, preset_variants, write_crowd
 
@@ -96,7 +102,7 @@ def find_user(data: Path, user: int, cfg, dump: Path) -> dict:
             ShapingTrainer(trainer, cfg.shaping).train()
             times["shaping_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        G, unit = click_response(trainer, click)
+        G, unit = click_response(trainer, click, cfg.shaping.jacobian_view)
         point = click_point(trainer, click)
         anchors = [project(point, scene.c2w[i], scene.intrinsics[i]) if point is not None else None
                    for i in range(scene.num_views)]
@@ -105,7 +111,7 @@ def find_user(data: Path, user: int, cfg, dump: Path) -> dict:
         rs, ops, deps = [], [], []
         for i in range(scene.num_views):
             r, op, dep = raw_response(trainer, G, scene.c2w[i], scene.intrinsics[i], *scene.hw(i), t=cfg.t,
-                                      with_depth=True)
+                                      with_depth=True, view=cfg.shaping.jacobian_view)
             rs.append((r / max(unit, 1e-12)).numpy().astype(np.float16))
             ops.append(op.numpy().astype(np.float16))
             deps.append(dep.numpy().astype(np.float32))
@@ -117,7 +123,7 @@ def find_user(data: Path, user: int, cfg, dump: Path) -> dict:
     tmp = dump.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.rename(dump)
-    info = {"user": user, "photos": scene.num_views, "field_steps": trainer.step_count, **times,
+    info = {"user": user, "jacobian_view": cfg.shaping.jacobian_view, "photos": scene.num_views, "field_steps": trainer.step_count, **times,
             "names": list(scene.names), "person_pixels": int(arrays["gt"].sum())}
     atomic_write_text(dump.with_suffix(".json"), json.dumps(info, indent=1) + "\n")
     return info
@@ -167,7 +173,7 @@ def stage_find(a, cfg) -> dict:
     users = user_list(a.users, len(user_ids(load_dataset(str(data), "train"))))
     rows = {}
     for k in users:
-        dump = OUT / a.crowd / f"user-{k:03d}.npz"
+        dump = OUT / (a.crowd + suffix(a)) / f"user-{k:03d}.npz"
         if not dump.exists():
             if a.rescore:
                 continue
@@ -181,7 +187,7 @@ def stage_find(a, cfg) -> dict:
         s = rows[str(k)]
         print(f"user {k}: IoU unshaped {s['unshaped']['iou']:.3f}, shaped {s['shaped']['iou']:.3f}", flush=True)
         if a.crowd == "demo":
-            write_masks(scene, k, dump, cfg)
+            write_masks(scene, k, dump, cfg, OUT / ("demo" + suffix(a)) / "masks")
     keys = tuple(f"{st}{x}" for st in ("unshaped", "shaped") for x in ("", "-no-3d-limit", "-largest-region"))
     mean = {st: float(np.mean([r[st]["iou"] for r in rows.values()])) for st in keys} if rows else {}
     held = [r for k, r in rows.items() if int(k) not in TUNED_ON]
@@ -192,14 +198,14 @@ def stage_find(a, cfg) -> dict:
             "meets_target": (mean.get("shaped", 0) >= 0.6) if a.crowd == "lego-20" else None}
 
 
-def write_masks(scene, user: int, dump: Path, cfg) -> None:
+def write_masks(scene, user: int, dump: Path, cfg, root: Path) -> None:
     """The demo users' found masks (shaped, dilated) where ``--private-masks`` reads them."""
     import imageio.v3 as iio
 
     from privnerf.semantics.find_person import dilate
 
     d = np.load(dump)
-    folder = OUT / "demo" / "masks" / f"user-{user:03d}" / "masks"
+    folder = root / f"user-{user:03d}" / "masks"
     folder.mkdir(parents=True, exist_ok=True)
     for name, m in zip(scene.names, user_masks(d, "shaped", cfg, scene)):
         iio.imwrite(folder / f"{Path(name).stem}.png", (dilate(m, cfg.dilate) * 255).astype(np.uint8))
@@ -212,9 +218,9 @@ def stage_fed(a, kept: dict) -> dict:
     from privnerf.fed.run import run_federated
 
     data = crowd_dir("demo")
-    masks = OUT / "demo" / "masks"
+    masks = OUT / ("demo" + suffix(a)) / "masks"
     if not masks.exists():
-        raise SystemExit(f"{masks}: run --stage find --crowd demo first")
+        raise SystemExit(f"{masks}: run --stage find --crowd demo --jacobian-view {a.jacobian_view} first")
     rows = {}
     for name, pm in (("none", None), ("found", str(masks)), ("truth", "truth")):
         if name not in a.rows.split(","):
@@ -250,6 +256,9 @@ def main() -> int:
     p.add_argument("--shaping-steps", type=int, default=None)
     p.add_argument("--object-radius", default=None, help="the mask rule's 3D limit (share of the box diagonal; "
                    "'none' for no limit; default: the config's)")
+    p.add_argument("--jacobian-view", choices=["ray", "zero"], default=None,
+                   help="the colour head's direction for Jacobians (default: the config's); for --stage fed, "
+                   "which find run's masks to use")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--rows", default="none,found,truth", help="the fed stage's runs to (re)do; the others are kept")
     p.add_argument("--rescore", action="store_true", help="score the kept responses again, train nothing")
@@ -260,6 +269,9 @@ def main() -> int:
         cfg.train_time_s = a.train_time
     if a.shaping_steps is not None:
         cfg.shaping.steps = a.shaping_steps
+    if a.jacobian_view is None:
+        a.jacobian_view = cfg.shaping.jacobian_view
+    cfg.shaping.jacobian_view = a.jacobian_view
     if a.object_radius is not None:
         cfg.object_radius = None if a.object_radius == "none" else float(a.object_radius)
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -268,10 +280,10 @@ def main() -> int:
     if a.stage == "find":
         sec = stage_find(a, cfg)
         sec["config"] = asdict(cfg)
-        key = f"find-{a.crowd}"
+        key = f"find-{a.crowd}{suffix(a)}"
     else:
-        sec = stage_fed(a, doc.get("fed-demo", {}).get("rows", {}))
-        key = "fed-demo"
+        key = f"fed-demo{suffix(a)}" + (f"-{a.rounds}-rounds" if a.rounds != 4 else "")
+        sec = stage_fed(a, doc.get(key, {}).get("rows", {}))
     doc[key] = {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "commit": commit(), "command": command, "machine": machine()} | sec
     doc["targets"] = {"lego-20 mean IoU": ">= 0.6", "demo leakage drop": ">= 2 dB at <= 0.3 dB PSNR cost"}

@@ -38,6 +38,20 @@ def test_closed_form_jacobian_equals_autograd_of_the_rendered_mean_rgb():
         assert torch.allclose(J[i], g, atol=1e-6)
 
 
+def test_a_zero_view_jacobian_is_the_same_from_every_camera_and_a_ray_view_one_is_not():
+    f, comp, op, dirs = _field_and_rays()
+    one = comp[:1].expand(len(dirs), -1)  # one point's composited features, seen along six directions
+    ray = ray_jacobians(head_activation(f, one, dirs), op[:1].expand(len(dirs)))
+    zero = ray_jacobians(head_activation(f, one, dirs, view="zero"), op[:1].expand(len(dirs)))
+    assert torch.allclose(zero, zero[:1].expand_as(zero), atol=1e-6)
+    assert not torch.allclose(ray, ray[:1].expand_as(ray), atol=1e-3)
+    with pytest.raises(ValueError, match="Jacobian view 'side': expected one of ray, zero"):
+        head_activation(f, one, dirs, view="side")
+    from privnerf.cli.semantics import VIEWS as CLI_VIEWS
+    from privnerf.semantics.jacobian import VIEWS
+    assert CLI_VIEWS == VIEWS
+
+
 def test_the_response_to_a_perturbation_is_exact():
     f, comp, op, dirs = _field_and_rays()
     layer = last_layer(f)
@@ -187,8 +201,10 @@ def test_shape_and_propagate_from_the_command_line_and_bad_clicks_leave_nothing(
 
     plain, shaped, out = tmp_path / "plain", tmp_path / "shaped", tmp_path / "labels"
     assert main(["train", "--data", "builtin", "--steps", "150", "--output", str(plain), "--eval-max-images", "1"]) == 0
-    assert main(["semantics", "shape", "--checkpoint", str(plain), "--output", str(shaped), "--steps", "20", "--quiet"]) == 0
+    assert main(["semantics", "shape", "--checkpoint", str(plain), "--output", str(shaped), "--steps", "20",
+                 "--jacobian-view", "zero", "--quiet"]) == 0
     info = json.loads((shaped / "shaping.json").read_text())
+    assert info["shaping"]["jacobian_view"] == "zero"
     assert info["history"] == [] or info["history"][-1]["shaping_rays"] > 0
     assert (shaped / "checkpoints" / "last.pt").exists() and info["shaping_time_s"] > 0
     clicks = tmp_path / "clicks.json"
@@ -196,15 +212,43 @@ def test_shape_and_propagate_from_the_command_line_and_bad_clicks_leave_nothing(
     assert main(["semantics", "propagate", "--checkpoint", str(shaped), "--clicks", str(clicks), "--out", str(out),
                  "--views", "2", "--quiet"]) == 0
     doc = json.loads((out / "propagation.json").read_text())
+    assert doc["jacobian_view"] == "zero"  # propagation takes the view the run was shaped with
     assert len(doc["views"]) == 2 and set(doc["labels"]) == {c["label"] for c in json.loads(clicks.read_text())["clicks"]}
     assert 0.0 <= doc["metrics"]["miou"] <= 1.0 and doc["metrics"]["pixels"] > 0
     assert len(list((out / "labels").glob("*.png"))) == 2 and len(list((out / "overlays").glob("*.png"))) == 2
     assert (out / "points.ply").stat().st_size > 0
+    dense = tmp_path / "dense.json"  # the dense setting: every labelled pixel of view 0, seeds and an aggregator
+    assert main(["semantics", "clicks", "--data", "builtin", "--per-class", "0", "--out", str(dense)]) == 0
+    assert main(["semantics", "propagate", "--checkpoint", str(shaped), "--clicks", str(dense), "--out",
+                 str(tmp_path / "dense-labels"), "--views", "1", "--aggregate", "--quiet"]) == 0
+    ddoc = json.loads((tmp_path / "dense-labels" / "propagation.json").read_text())
+    assert ddoc["setting"].startswith("dense") and 0.0 <= ddoc["metrics"]["miou"] <= 1.0
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"clicks": [{"view": "nope", "pixel": [1, 1], "label": "x"}]}))
     assert main(["semantics", "propagate", "--checkpoint", str(shaped), "--clicks", str(bad), "--out", str(tmp_path / "x")]) != 0
     assert f"{bad}: click 0: unknown view 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_the_response_aggregator_learns_which_class_answers_where():
+    from privnerf.semantics.aggregator import DensePropagation, clicks_label_map, train_aggregator
+    from privnerf.semantics.propagate import Click
+
+    # class 0 answers on the left half, class 1 on the right, but class 1's responses are 3x weaker: an argmax
+    # of raw responses is wrong on the right, the learned aggregator is not
+    resp = torch.zeros(2, 2, 6, 6)
+    resp[:, 0, :, :3], resp[:, 0, :, 3:] = 0.6, 0.3
+    resp[:, 1, :, 3:] = 0.2
+    labels = torch.zeros(6, 6, dtype=torch.long)
+    labels[:, 3:] = 1
+    assert (resp[0].argmax(0) == labels).float().mean() == 0.5
+    agg = train_aggregator(resp, labels, steps=300, lr=1e-2)
+    assert torch.equal(agg.predict(resp[0]), labels)
+    with pytest.raises(ValueError, match="span 2 views"):
+        clicks_label_map([Click(0, 1, 1, "a"), Click(1, 1, 1, "b")], ["a", "b"], 4, 4)
+    assert clicks_label_map([Click(0, 1, 2, "b")], ["a", "b"], 4, 4)[2, 1] == 1
+    with pytest.raises(RuntimeError, match="before fit"):
+        DensePropagation(None).predict(None, None, 4, 4)
 
 
 def test_person_mask_keeps_the_strongest_connected_region_above_the_hysteresis():

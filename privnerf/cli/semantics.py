@@ -5,10 +5,12 @@
   (:mod:`privnerf.semantics.shaping`); SHAPED is a run folder (``privnerf eval/render`` read it) with
   ``shaping.json``.
 * ``privnerf semantics propagate --checkpoint RUN --clicks clicks.json --out DIR [--split test|train]
-  [--views N] [--t 0.1]``: per-view label maps (``labels/<view>.png`` colour-coded, ``.npy`` label indices),
+  [--views N] [--t 0.1] [--jacobian-view ray|zero] [--aggregate]``: per-view label maps (``labels/<view>.png`` colour-coded, ``.npy`` label indices),
   overlays on the views' photos, ``points.ply`` (the labelled rendered surface points of every view, in the
   scene's frame) and ``propagation.json`` (labels, clicks; metrics when the split has semantic ground truth
-  named like the labels). ``clicks.json``: see :mod:`privnerf.semantics.propagate`.
+  named like the labels). ``clicks.json``: see :mod:`privnerf.semantics.propagate`. ``--aggregate``: the clicks
+  label one view densely (``privnerf semantics clicks --per-class 0``), and the paper's dense setting (chosen
+  seeds, a learned response aggregator: :mod:`privnerf.semantics.aggregator`) labels the views.
 * ``privnerf semantics find-person --data CROWD --user K (--clicks clicks.json | --simulate-click) --out DIR
   [--train-time 90] [--shaping-steps 400] [--dilate 2]``: on user K's device, one click on its own person in
   one of its photos (``clicks.json`` with one click, the view one of the user's photos) → that person's
@@ -31,6 +33,9 @@ USAGE = ("usage: privnerf semantics shape --checkpoint RUN --output SHAPED [--st
          "       privnerf semantics clicks --data DATA --out clicks.json [--view I] [--per-class K] [--seed S]")
 
 
+VIEWS = ("ray", "zero")  # privnerf.semantics.jacobian.VIEWS, kept here so --help imports no torch
+
+
 def _shape(argv: list[str]) -> int:
     from privnerf.semantics.features import FeatureConfig
     from privnerf.semantics.shaping import ShapingConfig, shape_run
@@ -48,6 +53,8 @@ def _shape(argv: list[str]) -> int:
                    help="AlexNet taps 0-4 in the positives' features (default %(default)s; '' for colour alone)")
     p.add_argument("--colour-weight", type=float, default=d.features.colour_weight)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--jacobian-view", choices=VIEWS, default=d.jacobian_view,
+                   help="the colour head's direction for Jacobians: each ray's, or zero for all (default %(default)s)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -55,7 +62,7 @@ def _shape(argv: list[str]) -> int:
     except ValueError:
         raise ValueError(f"--layers: comma-separated AlexNet taps 0-4, got {a.layers!r}") from None
     cfg = ShapingConfig(steps=a.steps, rays=a.rays, mi_weight=a.mi_weight, norm_weight=a.norm_weight,
-                        lr_factor=a.lr_factor, seed=a.seed, quiet=a.quiet,
+                        lr_factor=a.lr_factor, seed=a.seed, quiet=a.quiet, jacobian_view=a.jacobian_view,
                         features=FeatureConfig(layers=layers, colour_weight=a.colour_weight))
     r = shape_run(a.checkpoint, a.output, cfg)
     print(f"shaped {a.output}: test PSNR {r['psnr']:.2f} dB, {r['shaping_time_s']:.0f} s of shaping "
@@ -73,9 +80,15 @@ def _propagate(argv: list[str]) -> int:
     p.add_argument("--split", default="test", help="the views to label (default test)")
     p.add_argument("--views", type=int, default=None, help="at most this many views")
     p.add_argument("--t", type=float, default=0.1, help="perturbation step (default %(default)s)")
+    p.add_argument("--jacobian-view", choices=VIEWS, default=None,
+                   help="the colour head's direction for Jacobians (default: what the run was shaped with)")
+    p.add_argument("--aggregate", action="store_true",
+                   help="the clicks label one view densely: choose seeds and learn a response aggregator (the "
+                   "paper's dense setting)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    doc = propagate_run(a.checkpoint, a.clicks, a.out, split=a.split, max_views=a.views, t=a.t, quiet=a.quiet)
+    doc = propagate_run(a.checkpoint, a.clicks, a.out, split=a.split, max_views=a.views, t=a.t, quiet=a.quiet,
+                        view=a.jacobian_view, aggregate=a.aggregate)
     m = doc.get("metrics")
     extra = f"; mIoU {m['miou']:.3f}, accuracy {m['total_accuracy']:.3f}" if m else ""
     print(f"{len(doc['views'])} {a.split} views labelled with {', '.join(doc['labels'])} -> {a.out}{extra}")
@@ -90,7 +103,7 @@ def _clicks(argv: list[str]) -> int:
     p.add_argument("--data", default="builtin")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--view", type=int, default=0)
-    p.add_argument("--per-class", type=int, default=1)
+    p.add_argument("--per-class", type=int, default=1, help="clicks per class (0: every labelled pixel, the dense setting)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     scene = load_scene(a.data, "train")
@@ -120,6 +133,8 @@ def _find_person(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--train-time", type=float, default=d.train_time_s, help="seconds for the device field (default %(default)s)")
     p.add_argument("--shaping-steps", type=int, default=d.shaping.steps)
+    p.add_argument("--jacobian-view", choices=VIEWS, default=d.shaping.jacobian_view,
+                   help="the colour head's direction for Jacobians, in shaping and propagation (default %(default)s)")
     p.add_argument("--dilate", type=int, default=d.dilate, help="pixels of dilation of the written masks")
     p.add_argument("--object-radius", type=lambda x: None if x.lower() == "none" else float(x), default=d.object_radius,
                    help="the person lies within this share of the box diagonal of the click ('none': no limit; "
@@ -136,6 +151,7 @@ def _find_person(argv: list[str]) -> int:
         click = clicks[0]
     cfg = FindPersonConfig(train_time_s=a.train_time, dilate=a.dilate, object_radius=a.object_radius)
     cfg.shaping.steps = a.shaping_steps
+    cfg.shaping.jacobian_view = a.jacobian_view
     doc = find_person_run(a.data, a.user, click, a.out, cfg, quiet=a.quiet)
     iou = f"; mean IoU against the crowd's mask {doc['iou']:.3f}" if doc.get("iou") is not None else ""
     print(f"user {a.user}: masks of its person in {len(doc['views'])} photos -> {a.out}{iou}")

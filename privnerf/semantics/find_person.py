@@ -96,14 +96,14 @@ def train_device_field(scene, cfg: FindPersonConfig, base=None, quiet: bool = Tr
     return trainer
 
 
-def click_response(trainer, click: Click) -> tuple[torch.Tensor, float]:
+def click_response(trainer, click: Click, view: str = "ray") -> tuple[torch.Tensor, float]:
     """The click's direction ``G`` ``(3, width)`` and its own (blurred, clipped) response, the unit of every
-    view's map."""
+    view's map (the head at ``view``, as the field was shaped)."""
     from privnerf.semantics.propagate import label_directions
 
-    _, G = label_directions(trainer, [click])
+    _, G = label_directions(trainer, [click], view)
     sc = trainer.scene
-    r = raw_response(trainer, G[0], sc.c2w[click.view], sc.intrinsics[click.view], *sc.hw(click.view))[0]
+    r = raw_response(trainer, G[0], sc.c2w[click.view], sc.intrinsics[click.view], *sc.hw(click.view), view=view)[0]
     return G[0], float(r[click.v, click.u])
 
 
@@ -132,14 +132,15 @@ def project(point: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> tuple
     return float(fx * p[0] / -p[2] + cx - 0.5), float(-fy * p[1] / -p[2] + cy - 0.5)
 
 
-def raw_response(trainer, G: torch.Tensor, c2w, intrinsics, h: int, w: int, t: float = 0.1, with_depth: bool = False):
+def raw_response(trainer, G: torch.Tensor, c2w, intrinsics, h: int, w: int, t: float = 0.1, with_depth: bool = False,
+                 view: str = "ray"):
     """Response ``(h, w)`` of one camera to the perturbation ``G`` (clipped at 0.8, 3x3 Gaussian blur, as the
     official code) and the rendered opacity ``(h, w)`` (with ``with_depth`` also the ray distance, ``inf``
     where empty)."""
     from privnerf.semantics.jacobian import perturbed_response
     from privnerf.semantics.propagate import view_activations
 
-    a, op, depth = view_activations(trainer, c2w, intrinsics, h, w, with_depth=True)
+    a, op, depth = view_activations(trainer, c2w, intrinsics, h, w, with_depth=True, view=view)
     r = perturbed_response(a.reshape(-1, a.shape[-1]), op.reshape(-1), G, t).reshape(1, 1, h, w).clamp(max=0.8)
     g = torch.tensor([1.0, 2.0, 1.0])
     r = F.conv2d(F.pad(r, (1, 1, 1, 1), mode="replicate"), ((g[:, None] * g[None]) / 16.0)[None, None])[0, 0]
@@ -200,7 +201,8 @@ def find_person(trainer, click: Click, cfg: FindPersonConfig, views: list[int] |
     """Masks of the clicked person in the trainer's training views (all, or ``views``): ``{"masks": [bool
     (h, w)], "responses": [float (h, w)], "click_response": float, "click_point": [x, y, z], "anchors":
     [(u, v) or None]}``."""
-    G, unit = click_response(trainer, click)
+    view = cfg.shaping.jacobian_view
+    G, unit = click_response(trainer, click, view)
     point = click_point(trainer, click)
     if unit <= 0 or point is None:
         raise ValueError(f"the click at pixel ({click.u}, {click.v}) of view {click.view} has no response: the "
@@ -209,7 +211,8 @@ def find_person(trainer, click: Click, cfg: FindPersonConfig, views: list[int] |
     masks, responses, anchors = [], [], []
     radius = None if cfg.object_radius is None else cfg.object_radius * float(np.linalg.norm(np.ptp(sc.aabb, axis=0)))
     for i in views if views is not None else range(sc.num_views):
-        r, op, depth = raw_response(trainer, G, sc.c2w[i], sc.intrinsics[i], *sc.hw(i), t=cfg.t, with_depth=True)
+        r, op, depth = raw_response(trainer, G, sc.c2w[i], sc.intrinsics[i], *sc.hw(i), t=cfg.t, with_depth=True,
+                                    view=view)
         r = (r / unit).numpy()
         anchor = project(point, sc.c2w[i], sc.intrinsics[i])
         near = None if radius is None else near_click(depth.numpy(), sc.c2w[i], sc.intrinsics[i], point, radius)

@@ -26,14 +26,44 @@ import torch
 from privnerf.fields.encoding import positional_encoding
 
 
-def head_input(field, composited: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-    """The deferred head's input ``(r, F + PE)`` from composited values ``(r, F)`` and ray directions ``(r, 3)``."""
+VIEWS = ("ray", "zero")
+"""Where the head is evaluated for a Jacobian: ``ray`` (each ray's own direction, what renders the colour) or
+``zero`` (a zero direction for every ray: a view-independent Jacobian, the counterpart of the paper's 3D
+variant, so one point's Jacobian is the same from every camera; the rendered colour keeps the real direction)."""
+
+
+def check_view(view: str) -> str:
+    """``view`` if it is one of :data:`VIEWS`, else a ValueError naming them."""
+    if view not in VIEWS:
+        raise ValueError(f"Jacobian view {view!r}: expected one of {', '.join(VIEWS)}")
+    return view
+
+
+def head_input(field, composited: torch.Tensor, dirs: torch.Tensor, view: str = "ray") -> torch.Tensor:
+    """The deferred head's input ``(r, F + PE)`` from composited values ``(r, F)`` and ray directions ``(r, 3)``
+    (replaced by zeros when ``view == "zero"``, see :data:`VIEWS`)."""
+    if check_view(view) == "zero":
+        dirs = torch.zeros_like(dirs)
     return torch.cat([composited, positional_encoding(dirs, field.cfg.dir_freqs)], dim=-1)
 
 
-def head_activation(field, composited: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-    """The penultimate activation ``a (r, width)`` of the field's ``rgb_net`` (everything but its last layer)."""
-    return field.rgb_net[:-1](head_input(field, composited, dirs))
+def head_activation(field, composited: torch.Tensor, dirs: torch.Tensor, view: str = "ray") -> torch.Tensor:
+    """The penultimate activation ``a (r, width)`` of the field's ``rgb_net`` (everything but its last layer),
+    at the rays' directions or, with ``view="zero"``, at a zero direction.
+
+    Example (a point's zero-direction activation does not depend on the camera)::
+
+        >>> import torch, types
+        >>> from privnerf.fields.grid_field import GridFieldConfig, make_rgb_net
+        >>> cfg = GridFieldConfig()
+        >>> f = types.SimpleNamespace(cfg=cfg, rgb_net=make_rgb_net(cfg))
+        >>> comp = torch.rand(1, f.cfg.feature_dim).expand(2, -1)
+        >>> dirs = torch.tensor([[1., 0., 0.], [0., 0., -1.]])
+        >>> a = head_activation(f, comp, dirs, view="zero")
+        >>> bool(torch.allclose(a[0], a[1]))
+        True
+    """
+    return field.rgb_net[:-1](head_input(field, composited, dirs, view))
 
 
 def last_layer(field) -> torch.nn.Linear:
@@ -52,7 +82,7 @@ def ray_jacobians(activation: torch.Tensor, opacity: torch.Tensor) -> torch.Tens
 
         >>> import torch
         >>> J = ray_jacobians(torch.tensor([[1., 2.]]), torch.tensor([0.6]))
-        >>> J[0].tolist()
+        >>> [[round(x, 4) for x in row] for row in J[0].tolist()]
         [[0.2, 0.4], [0.2, 0.4], [0.2, 0.4]]
     """
     return (opacity[:, None, None] / 3.0) * activation[:, None, :].expand(-1, 3, -1)
@@ -65,4 +95,4 @@ def perturbed_response(activation: torch.Tensor, opacity: torch.Tensor, directio
     return t * opacity * (activation @ direction.T).abs().mean(-1)
 
 
-__all__ = ["head_activation", "head_input", "last_layer", "perturbed_response", "ray_jacobians"]
+__all__ = ["VIEWS", "check_view", "head_activation", "head_input", "last_layer", "perturbed_response", "ray_jacobians"]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from privnerf.semantics.jacobian import check_view
 from privnerf.semantics.shaping import pixel_jacobians, pixel_rays, render_composited
 
 
@@ -79,8 +80,8 @@ def read_clicks(path: Path, scene) -> list[Click]:
 
 
 def clicks_from_labels(scene, view: int = 0, per_class: int = 1, seed: int = 0, void: int = 0) -> list[Click]:
-    """``per_class`` random pixels of every class (but void) present in a labelled training view: the paper's
-    one-click protocol, the labels being ``scene.meta["classes"]`` names."""
+    """``per_class`` random pixels of every class (but void) present in a labelled training view (every pixel
+    when ``per_class <= 0``: the dense setting): the paper's one-click protocol, the labels being ``scene.meta["classes"]`` names."""
     if scene.semantics is None:
         raise ValueError("the scene has no semantic labels to draw clicks from")
     sem = np.asarray(scene.semantics[view])
@@ -89,7 +90,8 @@ def clicks_from_labels(scene, view: int = 0, per_class: int = 1, seed: int = 0, 
     out = []
     for cid in sorted(set(np.unique(sem).tolist()) - {void}):
         ys, xs = np.nonzero(sem == cid)
-        for j in rng.choice(len(ys), size=min(per_class, len(ys)), replace=False):
+        picks = range(len(ys)) if per_class <= 0 else rng.choice(len(ys), size=min(per_class, len(ys)), replace=False)
+        for j in picks:
             out.append(Click(view, int(xs[j]), int(ys[j]), names[cid]))
     return out
 
@@ -100,24 +102,26 @@ def write_clicks(clicks: list[Click], scene, path: Path) -> None:
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def label_directions(trainer, clicks: list[Click]) -> tuple[list[str], torch.Tensor]:
-    """The labels (in first-click order) and their mean Jacobians ``G`` ``(K, 3, width)`` (no jitter)."""
+def label_directions(trainer, clicks: list[Click], view: str = "ray") -> tuple[list[str], torch.Tensor]:
+    """The labels (in first-click order) and their mean Jacobians ``G`` ``(K, 3, width)`` (no jitter; the head
+    at ``view``, :data:`privnerf.semantics.jacobian.VIEWS`)."""
     labels = list(dict.fromkeys(c.label for c in clicks))
     img = torch.tensor([c.view for c in clicks])
     u, v = torch.tensor([c.u for c in clicks]), torch.tensor([c.v for c in clicks])
     with torch.no_grad():
-        jac = pixel_jacobians(trainer, img, u, v, jitter=False)
+        jac = pixel_jacobians(trainer, img, u, v, jitter=False, view=view)
     G = torch.stack([jac[[i for i, c in enumerate(clicks) if c.label == lab]].mean(0) for lab in labels])
     return labels, G
 
 
 @torch.no_grad()
-def view_activations(trainer, c2w, intrinsics, h: int, w: int, chunk: int = 8192, with_depth: bool = False):
-    """Head activations ``(h, w, width)`` and opacity ``(h, w)`` of one camera (deterministic samples); with
-    ``with_depth`` also the ray distance ``(h, w)`` (``inf`` where empty)."""
+def view_activations(trainer, c2w, intrinsics, h: int, w: int, chunk: int = 8192, with_depth: bool = False,
+                     view: str = "ray"):
+    """Head activations ``(h, w, width)`` (at ``view``) and opacity ``(h, w)`` of one camera (deterministic
+    samples); with ``with_depth`` also the ray distance ``(h, w)`` (``inf`` where empty)."""
     from privnerf.semantics.jacobian import head_activation
 
-    out = _render_view(trainer, c2w, intrinsics, h, w, chunk, lambda comp, d: head_activation(trainer.field, comp, d))
+    out = _render_view(trainer, c2w, intrinsics, h, w, chunk, lambda comp, d: head_activation(trainer.field, comp, d, view))
     return (out["x"], out["opacity"], out["depth"]) if with_depth else (out["x"], out["opacity"])
 
 
@@ -210,15 +214,29 @@ def train_semantic_head(trainer, clicks: list[Click], labels: list[str], steps: 
     return head.eval()
 
 
+def shaped_view(run: Path) -> str:
+    """The Jacobian view a run was shaped with (``shaping.json``), ``ray`` for a run that was not shaped."""
+    path = Path(run) / "shaping.json"
+    if not path.exists():
+        return "ray"
+    try:
+        return json.loads(path.read_text()).get("shaping", {}).get("jacobian_view", "ray")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
                     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40]],
                    np.uint8)
 
 
 def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", max_views: int | None = None,
-                  t: float = 0.1, quiet: bool = False) -> dict:
+                  t: float = 0.1, quiet: bool = False, view: str | None = None, aggregate: bool = False) -> dict:
     """``privnerf semantics propagate``: label every view of ``split`` from the clicks; writes DIR whole or
-    not at all (:func:`~privnerf.data.io.atomic_directory`)."""
+    not at all (:func:`~privnerf.data.io.atomic_directory`). ``view`` (``ray``/``zero``) defaults to the one
+    the run was shaped with (its ``shaping.json``; ``ray`` for an unshaped run). ``aggregate``: the clicks are one
+    densely labelled view, and labels come from chosen seeds and a learned response aggregator (the paper's
+    dense setting, :mod:`privnerf.semantics.aggregator`)."""
     import imageio.v3 as iio
     import trimesh
     from tqdm.auto import tqdm
@@ -236,7 +254,16 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
     clicks = read_clicks(clicks_path, trainer.scene)
     views = load_split(trainer.cfg, split)
     n = views.num_views if max_views is None else min(max_views, views.num_views)
-    labels, G = label_directions(trainer, clicks)
+    if view is None:
+        view = shaped_view(run)
+    check_view(view)
+    labels, G = label_directions(trainer, clicks, view)
+    dense = None
+    if aggregate:
+        from privnerf.semantics.aggregator import AggregatorConfig, DensePropagation, clicks_label_map
+
+        lab_map = clicks_label_map(clicks, labels, *trainer.scene.hw(clicks[0].view))
+        dense = DensePropagation(trainer, view, AggregatorConfig(t=t)).fit(clicks[0].view, lab_map, len(labels))
     preds, pts, cols = [], [], []
     names = views.names or [f"{split}_{i:04d}" for i in range(n)]
     with atomic_directory(out) as partial:
@@ -244,9 +271,10 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
         (partial / "overlays").mkdir()
         for i in tqdm(range(n), disable=quiet, desc="propagate"):
             h, w = views.hw(i)
-            a, op, depth = view_activations(trainer, views.c2w[i], views.intrinsics[i], h, w, with_depth=True)
-            lab, _ = propagate_view(a, op, G, t)
-            lab = lab.numpy()
+            a, op, depth = view_activations(trainer, views.c2w[i], views.intrinsics[i], h, w, with_depth=True,
+                                            view=view)
+            lab = (dense.predict(views.c2w[i], views.intrinsics[i], h, w) if dense is not None
+                   else propagate_view(a, op, G, t)[0]).numpy()
             preds.append(lab)
             colour = PALETTE[lab % len(PALETTE)]
             iio.imwrite(partial / "labels" / f"{names[i]}.png", colour)
@@ -265,7 +293,8 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
                 p, c = p[pick], c[pick]
             trimesh.PointCloud(p, colors=np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], 1)).export(partial / "points.ply")
         doc = {"labels": labels, "colours": {lab: PALETTE[k % len(PALETTE)].tolist() for k, lab in enumerate(labels)},
-               "clicks": [vars(c) for c in clicks], "split": split, "views": names[:n], "t": t, "run": str(run)}
+               "clicks": [vars(c) for c in clicks], "split": split, "views": names[:n], "t": t, "run": str(run),
+               "jacobian_view": view, "setting": "dense (seeds + aggregator)" if dense is not None else "clicks"}
         classes = (views.meta or {}).get("classes")
         if views.semantics is not None and classes and all(lab in classes for lab in labels):
             cls = np.array([classes.index(lab) for lab in labels])
@@ -275,5 +304,5 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
 
 
 __all__ = ["PALETTE", "Click", "clicks_from_labels", "label_directions", "postprocess", "propagate_run",
-           "propagate_view", "read_clicks", "segmentation_metrics", "train_semantic_head", "view_activations",
+           "propagate_view", "read_clicks", "segmentation_metrics", "shaped_view", "train_semantic_head", "view_activations",
            "view_features", "write_clicks"]

@@ -129,6 +129,11 @@ class ShapingConfig:
     lr_factor: float = 1.0
     """Learning rates during shaping, as a share of the plain run's base rates (constant; the paper restarts
     its schedule at the base rate). Measured (built-in, MI weight 0.1): 0.1 gave mIoU 0.417, 1.0 0.541."""
+    jacobian_view: str = "ray"
+    """Where the colour head is evaluated for the Jacobians (:data:`privnerf.semantics.jacobian.VIEWS`): ``ray``
+    (each ray's direction, the paper's 2D setting) or ``zero`` (one direction for all rays, so a point's
+    Jacobian is the same from every camera). Propagation must use the view the field was shaped with; it is
+    kept in ``shaping.json``."""
     seed: int = 0
     quiet: bool = False
     features: FeatureConfig = dc_field(default_factory=FeatureConfig)
@@ -159,14 +164,14 @@ def pixel_rays(trainer, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> 
 
 
 def pixel_jacobians(trainer, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor, jitter: bool = True,
-                    with_opacity: bool = False):
+                    with_opacity: bool = False, view: str = "ray"):
     """Closed-form Jacobians ``(n, 3, width)`` of training pixels' rendered colours (differentiable): pixel
-    ``(u[k], v[k])`` (column, row) of training view ``img[k]``."""
+    ``(u[k], v[k])`` (column, row) of training view ``img[k]``; the head at ``view`` (``ray`` or ``zero``)."""
     from privnerf.semantics.jacobian import head_activation, ray_jacobians
 
     o, d = pixel_rays(trainer, img, u, v)
     comp, r = render_composited(trainer, o, d, jitter)
-    jac = ray_jacobians(head_activation(trainer.field, comp, d), r["opacity"])
+    jac = ray_jacobians(head_activation(trainer.field, comp, d, view), r["opacity"])
     return (jac, r["opacity"]) if with_opacity else jac
 
 
@@ -176,11 +181,12 @@ class ShapingTrainer:
 
     def __init__(self, trainer, cfg: ShapingConfig):
         from privnerf.fields.grid_field import GridField
-        from privnerf.semantics.jacobian import last_layer
+        from privnerf.semantics.jacobian import check_view, last_layer
 
         if not isinstance(trainer.field, GridField):
             raise ValueError("JacobiNeRF shaping needs a grid field run (--field.kind grid or surface)")
         last_layer(trainer.field)
+        check_view(cfg.jacobian_view)
         self.trainer, self.cfg = trainer, cfg
         self.threshold = AdaptiveThreshold(start=cfg.tau_start, adaptive=cfg.adaptive_threshold)
         self.features = PixelFeatures(trainer.scene.images, cfg.features)
@@ -198,7 +204,7 @@ class ShapingTrainer:
         return img, u, v
 
     def jacobians_at(self, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor, jitter: bool = True) -> torch.Tensor:
-        return pixel_jacobians(self.trainer, img, u, v, jitter)
+        return pixel_jacobians(self.trainer, img, u, v, jitter, view=self.cfg.jacobian_view)
 
     def step(self) -> dict:
         t, c = self.trainer, self.cfg
@@ -214,7 +220,7 @@ class ShapingTrainer:
         keep = (opacity > c.min_opacity).nonzero().squeeze(1)[: c.rays]
         img, u, v = img[keep], u[keep], v[keep]
         if len(keep) > 1:  # an empty (or one-ray) batch has no pairs: the step is photometric only
-            jac = pixel_jacobians(t, img, u, v)
+            jac = pixel_jacobians(t, img, u, v, view=c.jacobian_view)
             mi, info = mi_gradient_loss(jac, self.features.lookup(img, u, v).to(jac), self.threshold)
             norm = gradient_norm_loss(jac)
             loss = loss + c.mi_weight * mi + c.norm_weight * norm
