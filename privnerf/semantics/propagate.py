@@ -215,10 +215,13 @@ def train_semantic_head(trainer, clicks: list[Click], labels: list[str], steps: 
 
 
 def shaped_view(run: Path) -> str:
-    """The Jacobian view a run was shaped with (``shaping.json``), ``ray`` for a run that was not shaped."""
+    """The Jacobian view a run was shaped with (``shaping.json``); for a run that was not shaped, the default of
+    :class:`~privnerf.semantics.shaping.ShapingConfig` (the two views score alike on unshaped fields)."""
+    from privnerf.semantics.shaping import ShapingConfig
+
     path = Path(run) / "shaping.json"
     if not path.exists():
-        return "ray"
+        return ShapingConfig.jacobian_view
     try:
         return json.loads(path.read_text()).get("shaping", {}).get("jacobian_view", "ray")
     except json.JSONDecodeError as e:
@@ -234,7 +237,7 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
                   t: float = 0.1, quiet: bool = False, view: str | None = None, aggregate: bool = False) -> dict:
     """``privnerf semantics propagate``: label every view of ``split`` from the clicks; writes DIR whole or
     not at all (:func:`~privnerf.data.io.atomic_directory`). ``view`` (``ray``/``zero``) defaults to the one
-    the run was shaped with (its ``shaping.json``; ``ray`` for an unshaped run). ``aggregate``: the clicks are one
+    the run was shaped with (its ``shaping.json``; the shaping default for an unshaped run). ``aggregate``: the clicks are one
     densely labelled view, and labels come from chosen seeds and a learned response aggregator (the paper's
     dense setting, :mod:`privnerf.semantics.aggregator`)."""
     import imageio.v3 as iio
