@@ -16,9 +16,13 @@ Stages (one process each; results merge into ``benchmarks/results/jacobi-crowd.j
   with the found masks, and with the crowd's true masks (what perfect masks are worth); PSNR on the clean test
   views and the personal-content leakage (docs/decentnerf.md).
 
-Usage: ``python benchmarks/jacobi_crowd.py --stage find --crowd lego-20 [--users 0-19]``,
-``python benchmarks/jacobi_crowd.py --stage find --crowd demo --train-time 30`` (the 2026-12-07 figures),
-``python benchmarks/jacobi_crowd.py --stage fed [--rows found]``.
+``--jacobian-view ray|zero`` (default: the config's, ``zero``) picks where the colour head is evaluated for the
+Jacobians; a zero-view run keeps its dumps and results apart (``lego-20-zero``, ``find-lego-20-zero``,
+``fed-demo-zero[-N-rounds]``).
+
+Usage (the 2026-12-07 figures): ``python benchmarks/jacobi_crowd.py --stage find --crowd lego-20 --jacobian-view
+zero [--users 0-19]``, ``... --stage find --crowd demo --train-time 30 --jacobian-view zero``, ``... --stage fed
+--rounds 8 --jacobian-view zero [--rows found]`` (and ``--rounds 4``).
 """
 
 from __future__ import annotations
