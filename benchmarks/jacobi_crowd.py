@@ -61,7 +61,7 @@ def commit() -> str:
 def suffix(a) -> str:
     """``-zero`` for runs whose Jacobians are taken at a zero view direction (their dumps and results are kept
     apart from the ray-direction ones)."""
-    return "" if a.jacobian_view == "ray" else f"-{a.jacobian_view}"
+    return ("" if a.jacobian_view == "ray" else f"-{a.jacobian_view}") + (f"-{a.tag}" if a.tag else "")
 
 
 def crowd_dir(name: str) -> Path:
@@ -263,6 +263,7 @@ def main() -> int:
     p.add_argument("--jacobian-view", choices=["ray", "zero"], default=None,
                    help="the colour head's direction for Jacobians (default: the config's); for --stage fed, "
                    "which find run's masks to use")
+    p.add_argument("--tag", default="", help="keeps an investigation's dumps and results apart (e.g. device180)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--rows", default="none,found,truth", help="the fed stage's runs to (re)do; the others are kept")
     p.add_argument("--rescore", action="store_true", help="score the kept responses again, train nothing")
