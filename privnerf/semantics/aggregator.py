@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from privnerf.semantics.jacobian import DEFAULT_VIEW
+
 
 @dataclass
 class AggregatorConfig:
@@ -91,18 +93,6 @@ def train_aggregator(rounds: torch.Tensor, labels: torch.Tensor, steps: int = 20
     return agg.eval()
 
 
-def _miou(pred: torch.Tensor, labels: torch.Tensor, k: int, ignore: int = -1) -> float:
-    keep = labels != ignore
-    p, y = pred[keep], labels[keep]
-    ious = []
-    for c in range(k):
-        inter = ((p == c) & (y == c)).sum().item()
-        union = ((p == c) | (y == c)).sum().item()
-        if (y == c).any():
-            ious.append(inter / max(union, 1))
-    return float(np.mean(ious)) if ious else 0.0
-
-
 def clicks_label_map(clicks, labels: list[str], h: int, w: int) -> np.ndarray:
     """The ``(h, w)`` label-index map (``-1`` where unlabelled) of clicks that all lie in one view."""
     if len({c.view for c in clicks}) != 1:
@@ -120,23 +110,14 @@ class DensePropagation:
     ``labels_map``: ``(h, w)`` int class indices into ``labels`` (``-1`` = void) for training view ``view_index``.
     """
 
-    def __init__(self, trainer, view: str = "ray", cfg: AggregatorConfig | None = None):
+    def __init__(self, trainer, view: str = DEFAULT_VIEW, cfg: AggregatorConfig | None = None):
         self.trainer, self.view, self.cfg = trainer, view, cfg or AggregatorConfig()
         self.G: torch.Tensor | None = None  # (R, K, 3, width): each chosen round's seed Jacobians
         self.aggregator: Aggregator | None = None
         self.history: list[float] = []
 
-    def responses(self, a: torch.Tensor, op: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-        """Raw responses ``(n, h, w)`` of a view (activations ``(h, w, width)``, opacity ``(h, w)``) to ``n``
-        directions ``G`` ``(n, 3, width)``."""
-        from privnerf.semantics.jacobian import perturbed_response
-
-        h, w = op.shape
-        fa, fo = a.reshape(-1, a.shape[-1]), op.reshape(-1)
-        return torch.stack([perturbed_response(fa, fo, g, self.cfg.t).reshape(h, w) for g in G])
-
     def fit(self, view_index: int, labels_map: np.ndarray, k: int) -> "DensePropagation":
-        from privnerf.semantics.propagate import postprocess, view_activations
+        from privnerf.semantics.propagate import postprocess, segmentation_metrics, view_activations, view_responses
         from privnerf.semantics.shaping import pixel_jacobians
 
         t, c = self.trainer, self.cfg
@@ -161,14 +142,14 @@ class DensePropagation:
                 with torch.no_grad():
                     jac[cl] = pixel_jacobians(t, torch.full((c.candidates,), view_index), rc[:, 1], rc[:, 0],
                                               jitter=False, view=self.view).cpu()
-            resp = {cl: self.responses(a, op, jac[cl]) for cl in present}  # (candidates, h, w)
+            resp = {cl: view_responses(a, op, jac[cl], c.t) for cl in present}  # (candidates, h, w)
             scores, means = [], []
             for j in range(c.candidates):
                 m = sums.clone()
                 for cl in present:
                     m[cl] = (sums[cl] + resp[cl][j]) / (r + 1)
                 pred = torch.softmax(postprocess(m), 0).argmax(0)
-                scores.append(_miou(pred, labels, k))
+                scores.append(segmentation_metrics([pred.numpy()], [labels.numpy()], list(range(k)), void=-1)["miou"])
                 means.append(m)
             j = int(np.argmax(scores))
             if scores[j] <= best:
@@ -186,12 +167,12 @@ class DensePropagation:
 
     def predict(self, c2w, intrinsics, h: int, w: int) -> torch.Tensor:
         """Class indices ``(h, w)`` of one camera."""
-        from privnerf.semantics.propagate import view_activations
+        from privnerf.semantics.propagate import view_activations, view_responses
 
         if self.G is None or self.aggregator is None:
             raise RuntimeError("DensePropagation.predict before fit")
         a, op = view_activations(self.trainer, c2w, intrinsics, h, w, view=self.view)
-        resp = torch.stack([self.responses(a, op, g) for g in self.G]).mean(0)  # each class's mean over its seeds
+        resp = torch.stack([view_responses(a, op, g, self.cfg.t) for g in self.G]).mean(0)  # each class's mean over its seeds
         return self.aggregator.predict(resp)
 
 

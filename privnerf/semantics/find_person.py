@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from privnerf.data.io import atomic_directory
+from privnerf.semantics.jacobian import DEFAULT_VIEW
 from privnerf.semantics.propagate import Click
 from privnerf.semantics.shaping import ShapingConfig
 
@@ -96,7 +96,7 @@ def train_device_field(scene, cfg: FindPersonConfig, base=None, quiet: bool = Tr
     return trainer
 
 
-def click_response(trainer, click: Click, view: str = "ray") -> tuple[torch.Tensor, float]:
+def click_response(trainer, click: Click, view: str = DEFAULT_VIEW) -> tuple[torch.Tensor, float]:
     """The click's direction ``G`` ``(3, width)`` and its own (blurred, clipped) response, the unit of every
     view's map (the head at ``view``, as the field was shaped)."""
     from privnerf.semantics.propagate import label_directions
@@ -133,17 +133,14 @@ def project(point: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray) -> tuple
 
 
 def raw_response(trainer, G: torch.Tensor, c2w, intrinsics, h: int, w: int, t: float = 0.1, with_depth: bool = False,
-                 view: str = "ray"):
+                 view: str = DEFAULT_VIEW):
     """Response ``(h, w)`` of one camera to the perturbation ``G`` (clipped at 0.8, 3x3 Gaussian blur, as the
     official code) and the rendered opacity ``(h, w)`` (with ``with_depth`` also the ray distance, ``inf``
     where empty)."""
-    from privnerf.semantics.jacobian import perturbed_response
-    from privnerf.semantics.propagate import view_activations
+    from privnerf.semantics.propagate import clip_blur, view_activations, view_responses
 
     a, op, depth = view_activations(trainer, c2w, intrinsics, h, w, with_depth=True, view=view)
-    r = perturbed_response(a.reshape(-1, a.shape[-1]), op.reshape(-1), G, t).reshape(1, 1, h, w).clamp(max=0.8)
-    g = torch.tensor([1.0, 2.0, 1.0])
-    r = F.conv2d(F.pad(r, (1, 1, 1, 1), mode="replicate"), ((g[:, None] * g[None]) / 16.0)[None, None])[0, 0]
+    r = clip_blur(view_responses(a, op, G[None], t))[0]
     return (r, op, depth) if with_depth else (r, op)
 
 

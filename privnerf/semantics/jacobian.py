@@ -31,6 +31,10 @@ VIEWS = ("ray", "zero")
 ``zero`` (a zero direction for every ray: a view-independent Jacobian, the counterpart of the paper's 3D
 variant, so one point's Jacobian is the same from every camera; the rendered colour keeps the real direction)."""
 
+DEFAULT_VIEW = "zero"
+"""The view shaping and propagation use unless told otherwise (``ShapingConfig.jacobian_view``'s default;
+measured in docs/semantics.md). :func:`head_activation` itself defaults to ``ray``: the true colour Jacobian."""
+
 
 def check_view(view: str) -> str:
     """``view`` if it is one of :data:`VIEWS`, else a ValueError naming them."""
@@ -95,4 +99,4 @@ def perturbed_response(activation: torch.Tensor, opacity: torch.Tensor, directio
     return t * opacity * (activation @ direction.T).abs().mean(-1)
 
 
-__all__ = ["VIEWS", "check_view", "head_activation", "head_input", "last_layer", "perturbed_response", "ray_jacobians"]
+__all__ = ["DEFAULT_VIEW", "VIEWS", "check_view", "head_activation", "head_input", "last_layer", "perturbed_response", "ray_jacobians"]

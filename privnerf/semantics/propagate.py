@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from privnerf.semantics.jacobian import check_view
+from privnerf.semantics.jacobian import DEFAULT_VIEW, check_view
 from privnerf.semantics.shaping import pixel_jacobians, pixel_rays, render_composited
 
 
@@ -102,7 +102,7 @@ def write_clicks(clicks: list[Click], scene, path: Path) -> None:
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def label_directions(trainer, clicks: list[Click], view: str = "ray") -> tuple[list[str], torch.Tensor]:
+def label_directions(trainer, clicks: list[Click], view: str = DEFAULT_VIEW) -> tuple[list[str], torch.Tensor]:
     """The labels (in first-click order) and their mean Jacobians ``G`` ``(K, 3, width)`` (no jitter; the head
     at ``view``, :data:`privnerf.semantics.jacobian.VIEWS`)."""
     labels = list(dict.fromkeys(c.label for c in clicks))
@@ -116,7 +116,7 @@ def label_directions(trainer, clicks: list[Click], view: str = "ray") -> tuple[l
 
 @torch.no_grad()
 def view_activations(trainer, c2w, intrinsics, h: int, w: int, chunk: int = 8192, with_depth: bool = False,
-                     view: str = "ray"):
+                     view: str = DEFAULT_VIEW):
     """Head activations ``(h, w, width)`` (at ``view``) and opacity ``(h, w)`` of one camera (deterministic
     samples); with ``with_depth`` also the ray distance ``(h, w)`` (``inf`` where empty)."""
     from privnerf.semantics.jacobian import head_activation
@@ -137,28 +137,37 @@ def _render_view(trainer, c2w, intrinsics, h: int, w: int, chunk: int, head) -> 
     return render_image_rays(fn, c2w, intrinsics, h, w, trainer.device, chunk)
 
 
+def clip_blur(resp: torch.Tensor, clip: float = 0.8) -> torch.Tensor:
+    """Response maps ``(K, h, w)`` clipped at ``clip`` and blurred by the official code's 3x3 Gaussian."""
+    g = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (g[:, None] * g[None]) / 16.0
+    return F.conv2d(F.pad(resp.clamp(max=clip)[:, None], (1, 1, 1, 1), mode="replicate"), kernel[None, None])[:, 0]
+
+
 def postprocess(resp: torch.Tensor, clip: float = 0.8) -> torch.Tensor:
     """The official code's treatment of one view's response maps ``(K, h, w)``: clip, 3x3 Gaussian blur,
     divide by the view maximum, zero a label whose map has ``std < 0.05`` and ``mean < 0.01``."""
-    r = resp.clamp(max=clip)
-    g = torch.tensor([1.0, 2.0, 1.0])
-    kernel = (g[:, None] * g[None]) / 16.0
-    r = F.conv2d(F.pad(r[:, None], (1, 1, 1, 1), mode="replicate"), kernel[None, None])[:, 0]
+    r = clip_blur(resp, clip)
     r = r / r.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
     absent = (r.flatten(1).std(1) < 0.05) & (r.flatten(1).mean(1) < 0.01)
     r[absent] = 0.0
     return r
 
 
-def propagate_view(a: torch.Tensor, opacity: torch.Tensor, G: torch.Tensor, t: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label index map ``(h, w)`` and post-processed responses ``(K, h, w)`` of one view from its activations
-    ``(h, w, width)``, opacity ``(h, w)`` and the label directions ``G`` ``(K, 3, width)``."""
+def view_responses(a: torch.Tensor, opacity: torch.Tensor, G: torch.Tensor, t: float = 0.1) -> torch.Tensor:
+    """Raw responses ``(n, h, w)`` of one view (activations ``(h, w, width)``, opacity ``(h, w)``) to ``n``
+    perturbation directions ``G`` ``(n, 3, width)``."""
     from privnerf.semantics.jacobian import perturbed_response
 
     h, w = opacity.shape
     flat_a, flat_o = a.reshape(-1, a.shape[-1]), opacity.reshape(-1)
-    resp = torch.stack([perturbed_response(flat_a, flat_o, g, t).reshape(h, w) for g in G])
-    r = postprocess(resp)
+    return torch.stack([perturbed_response(flat_a, flat_o, g, t).reshape(h, w) for g in G])
+
+
+def propagate_view(a: torch.Tensor, opacity: torch.Tensor, G: torch.Tensor, t: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label index map ``(h, w)`` and post-processed responses ``(K, h, w)`` of one view from its activations
+    ``(h, w, width)``, opacity ``(h, w)`` and the label directions ``G`` ``(K, 3, width)``."""
+    r = postprocess(view_responses(a, opacity, G, t))
     return torch.softmax(r, dim=0).argmax(0), r
 
 
@@ -307,5 +316,5 @@ def propagate_run(run: Path, clicks_path: Path, out: Path, split: str = "test", 
 
 
 __all__ = ["PALETTE", "Click", "clicks_from_labels", "label_directions", "postprocess", "propagate_run",
-           "propagate_view", "read_clicks", "segmentation_metrics", "shaped_view", "train_semantic_head", "view_activations",
-           "view_features", "write_clicks"]
+           "clip_blur", "propagate_view", "read_clicks", "segmentation_metrics", "shaped_view", "train_semantic_head", "view_activations",
+           "view_features", "view_responses", "write_clicks"]

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from privnerf.semantics.features import FeatureConfig, PixelFeatures
+from privnerf.semantics.jacobian import DEFAULT_VIEW
 
 
 class AdaptiveThreshold:
@@ -129,7 +130,7 @@ class ShapingConfig:
     lr_factor: float = 1.0
     """Learning rates during shaping, as a share of the plain run's base rates (constant; the paper restarts
     its schedule at the base rate). Measured (built-in, MI weight 0.1): 0.1 gave mIoU 0.417, 1.0 0.541."""
-    jacobian_view: str = "zero"
+    jacobian_view: str = DEFAULT_VIEW
     """Where the colour head is evaluated for the Jacobians (:data:`privnerf.semantics.jacobian.VIEWS`): ``ray``
     (each ray's direction, the paper's 2D setting) or ``zero`` (one direction for all rays, so a point's
     Jacobian is the same from every camera, as in the paper's 3D variant). Propagation must use the view the
@@ -167,7 +168,7 @@ def pixel_rays(trainer, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> 
 
 
 def pixel_jacobians(trainer, img: torch.Tensor, u: torch.Tensor, v: torch.Tensor, jitter: bool = True,
-                    with_opacity: bool = False, view: str = "ray"):
+                    with_opacity: bool = False, view: str = DEFAULT_VIEW):
     """Closed-form Jacobians ``(n, 3, width)`` of training pixels' rendered colours (differentiable): pixel
     ``(u[k], v[k])`` (column, row) of training view ``img[k]``; the head at ``view`` (``ray`` or ``zero``)."""
     from privnerf.semantics.jacobian import head_activation, ray_jacobians
