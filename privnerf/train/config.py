@@ -62,6 +62,19 @@ class OptimConfig:
 
 
 @dataclass
+class OwnershipConfig:
+    """White-box ownership signature (IPR-NeRF's sign loss, :mod:`privnerf.ownership.signature`)."""
+
+    key: Optional[str] = None
+    """An owner's key file (``privnerf ownership keygen``): its bits are embedded in the signs of the colour
+    head's weights while training; ``None``: no signature."""
+    margin: float = 0.1
+    """Each signed weight is pushed past this magnitude with the owner's sign (DeepIPR's 0.1)."""
+    weight: float = 0.1
+    """Weight of the hinge sum in the loss."""
+
+
+@dataclass
 class TrainConfig:
     data: str = "builtin"
     """Dataset: 'builtin', a Blender/nerfstudio/LLFF directory, or a tiny-NeRF .npz."""
@@ -93,6 +106,7 @@ class TrainConfig:
     personal: PersonalFieldConfig = dc_field(default_factory=PersonalFieldConfig)
     render: RenderConfig = dc_field(default_factory=RenderConfig)
     optim: OptimConfig = dc_field(default_factory=OptimConfig)
+    ownership: OwnershipConfig = dc_field(default_factory=OwnershipConfig)
 
 
 def config_from_dict(d: dict) -> TrainConfig:

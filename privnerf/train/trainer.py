@@ -126,6 +126,13 @@ class Trainer:
             self.personal = PersonalField(cfg.personal, self.field.space.box, scene.num_views,
                                           cfg.field.grid.feature_dim, step0).to(self.device)
         self.occ = OccupancyGrid(self.field.space.box, cfg.render.occ_resolution).to(self.device)
+        self.sign_loss = None
+        """The owner's signature term (``cfg.ownership.key``), added to every step's loss."""
+        if cfg.ownership.key is not None:
+            from privnerf.ownership.signature import SignLoss, read_key
+
+            self.sign_loss = SignLoss([read_key(Path(cfg.ownership.key))], self.field, cfg.ownership.margin,
+                                      cfg.ownership.weight).to(self.device)
         self._pixels: PixelSampler | None = None
         self.excluded_pixels: list[np.ndarray] | None = None
         """Per-view boolean masks of pixels never to train on (set before the first step; see PixelSampler)."""
@@ -456,6 +463,8 @@ class Trainer:
         o = self.cfg.optim
         if o.tv_weight > 0 and isinstance(self.field, GridField) and self.step_count % o.tv_every == 0:
             loss = loss + o.tv_weight * self.field.density_grid.total_variation()
+        if self.sign_loss is not None:
+            loss = loss + self.sign_loss(self.field)
         self.mlp_opt.zero_grad(set_to_none=True)
         loss.backward()
         scale = self.lr_scale()
@@ -604,9 +613,15 @@ def trainer_from_checkpoint(run_dir: Path, device: str = "cpu") -> Trainer:
     path = Path(run_dir) / "checkpoints" / "last.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint (is {run_dir} a privnerf run directory?)")
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = config_from_dict(st["config"])
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = config_from_dict(st["config"])
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file gets one clear error
+        from privnerf.data.errors import SceneError
+
+        raise SceneError(path, f"not a privnerf checkpoint ({type(e).__name__}: {e})") from e
     cfg.device = device
+    cfg.ownership.key = None  # inference needs no signature term (nor the owner's key file)
     trainer = Trainer(cfg, scene_from_info(st["scene_info"]), Path(run_dir))
     trainer.load_state(st, with_optim=False)
     return trainer
