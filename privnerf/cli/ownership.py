@@ -4,10 +4,13 @@
   [--carrier-size 6784]``: a fresh key (a 256-bit secret from the OS); prints its commitment, the SHA-256 of
   the secret, to publish before training. In a federation of N owners each takes its own slot (disjoint
   positions). Train with it: ``privnerf train --ownership.key KEY.json``.
+* ``privnerf ownership keygen --federation N --out DIR``: one key per user of an N-user crowd
+  (``DIR/user-XXX.json``, slot = user) and ``DIR/commitments.json`` (public); each user keeps its own file on
+  its device, and ``privnerf fed run ... --signature-keys DIR`` signs the global field with every user's bits.
 * ``privnerf ownership verify --checkpoint RUN --key KEY.json [--key ...] [--commitment HEX] [--json OUT]``:
   bit accuracy, the chance of that many matching bits without the signature, and a verdict per key (exit 0
   when every key verifies, 1 otherwise). ``--commitment`` also checks the key against the commitment
-  published earlier.
+  published earlier. RUN is a run directory or a federated run's (its released ``server/global.pt``).
 """
 
 from __future__ import annotations
@@ -16,36 +19,52 @@ import argparse
 import json
 from pathlib import Path
 
-USAGE = ("usage: privnerf ownership keygen --owner NAME --out KEY.json [--bits B] [--slot K --slots N]\n"
+USAGE = ("usage: privnerf ownership keygen (--owner NAME | --federation N) --out KEY.json|DIR [--bits B] [--slot K --slots N]\n"
          "       privnerf ownership verify --checkpoint RUN --key KEY.json [--key ...] [--commitment HEX] [--json OUT]")
 
 
 def _keygen(argv: list[str]) -> int:
     from privnerf.ownership.signature import new_key, write_key
 
-    p = argparse.ArgumentParser(prog="privnerf ownership keygen", description="a fresh signature key")
-    p.add_argument("--owner", required=True)
+    p = argparse.ArgumentParser(prog="privnerf ownership keygen", description="fresh signature keys")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--owner", help="one owner's key, written to --out")
+    who.add_argument("--federation", type=int, help="one key per user 0..N-1 (slot = user), written into --out/")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--bits", type=int, default=64, help="bits of the signature (default %(default)s)")
+    p.add_argument("--bits", type=int, default=64, help="bits of each signature (default %(default)s)")
     p.add_argument("--slot", type=int, default=0, help="this owner's slot (federations: 0..N-1)")
     p.add_argument("--slots", type=int, default=1, help="owners sharing the model (default %(default)s)")
     p.add_argument("--carrier-size", type=int, default=6784,
                    help="weights of the colour head (default %(default)s: the grid field's default head)")
     a = p.parse_args(argv)
-    if a.out.exists():
-        raise FileExistsError(f"{a.out}: exists; a key is never overwritten")
-    key = new_key(a.owner, a.bits, a.slot, a.slots, a.carrier_size)
-    write_key(key, a.out)
-    print(f"key of {a.owner!r} -> {a.out} (keep it secret)\ncommitment (publish it now): {key.commitment}")
+    if a.out.exists() and (a.owner is not None or any(a.out.iterdir())):
+        raise FileExistsError(f"{a.out}: exists; keys are never overwritten")
+    if a.owner is not None:
+        key = new_key(a.owner, a.bits, a.slot, a.slots, a.carrier_size)
+        write_key(key, a.out)
+        print(f"key of {a.owner!r} -> {a.out} (keep it secret)\ncommitment (publish it now): {key.commitment}")
+        return 0
+    from privnerf.data.io import atomic_directory
+    from privnerf.train.checkpoint import atomic_write_text
+
+    keys = [new_key(f"user-{k:03d}", a.bits, k, a.federation, a.carrier_size) for k in range(a.federation)]
+    with atomic_directory(a.out) as tmp:
+        for k, key in enumerate(keys):
+            write_key(key, tmp / f"user-{k:03d}.json")
+        atomic_write_text(tmp / "commitments.json", json.dumps(
+            {"slots": a.federation, "bits": a.bits, "commitments": {key.owner: key.commitment for key in keys}},
+            indent=1) + "\n")
+    print(f"{a.federation} keys -> {a.out}/user-XXX.json (give each user its own; never the server) and the "
+          f"public {a.out}/commitments.json")
     return 0
 
 
 def _verify(argv: list[str]) -> int:
-    from privnerf.ownership.signature import read_key, verify
-    from privnerf.train.trainer import trainer_from_checkpoint
+    from privnerf.ownership.signature import read_key, read_released_weights, verify
 
     p = argparse.ArgumentParser(prog="privnerf ownership verify", description="check owners' signatures in a run")
-    p.add_argument("--checkpoint", required=True, type=Path, help="run directory (holds checkpoints/last.pt)")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="a run directory (checkpoints/last.pt), a federated run's (server/global.pt) or the file")
     p.add_argument("--key", required=True, type=Path, action="append", help="a key file (repeatable)")
     p.add_argument("--commitment", action="append", default=None,
                    help="the commitment published for each --key, in order (optional)")
@@ -54,7 +73,7 @@ def _verify(argv: list[str]) -> int:
     keys = [read_key(k) for k in a.key]
     if a.commitment is not None and len(a.commitment) != len(keys):
         raise ValueError(f"{len(a.commitment)} --commitment for {len(keys)} --key")
-    field = trainer_from_checkpoint(a.checkpoint).field
+    field = read_released_weights(a.checkpoint)
     rows = []
     for i, (path, key) in enumerate(zip(a.key, keys)):
         r = verify(field, key) | {"key": str(path)}

@@ -41,7 +41,7 @@ class DecentClient(NumPyClient):
         tc = cfg.client_train_config()
         self.local = LocalUser(user, cfg.data, tc, Path(cfg.state_dir) / "clients", cfg.rounds, cfg.local_epochs,
                                keep_optimizer=cfg.keep_optimizer, person_free=cfg.trains_person_free,
-                               private_masks=cfg.private_masks)
+                               private_masks=cfg.private_masks, signature_keys=cfg.signature_keys)
 
     def fit(self, parameters, config):
         phase = str(config["phase"])
@@ -75,6 +75,8 @@ class DecentClient(NumPyClient):
             user.save_state()
             return weights, int(user.num_pixels), metrics
         keys = messages.global_keys(user.trainer_last.field)
+        weights = user.steer_signature(keys, weights, global_arrays, st.alpha, float(config.get("alpha_sum", 0.0)),
+                                       self.cfg.num_users)
         if bool(config.get("coverage", False)):
             m = user.coverage_weight(keys, weights, global_arrays, str(config.get("coverage_weight", "touched")))
             values = [st.alpha * (m[..., None] * w if messages.is_grid_key(k) else w) for k, w in zip(keys, weights)]

@@ -93,6 +93,11 @@ class FedConfig:
     The masked pixels never enter the user's training (neither field, nor the alpha gradient), so its
     person cannot enter its upload. ``truth`` uses the crowd's own masks of the user's person instead (a
     diagnostic: what perfect masks are worth)."""
+    signature_keys: Optional[str] = None
+    """Each user's own ownership key, kept on its device: ``DIR/user-XXX.json`` (``privnerf ownership keygen
+    --federation N --out DIR``: one slot per user, so the users' signed weights never overlap). Each user's
+    local training adds the sign loss for its own bits (IPR-NeRF); only the weights leave, through SecAgg+, and
+    the aggregate carries every user's signature (docs/ownership.md). The keys never leave the device."""
     keep_optimizer: bool = False
     """Users keep their Adam moments between rounds (on the device) instead of restarting them each round."""
     grad_batches: int = 4

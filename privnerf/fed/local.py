@@ -103,6 +103,15 @@ def user_private_masks(scene: Scene, user: int, where: str | None) -> list[np.nd
     return read_private_masks(Path(where) / f"user-{user:03d}", scene)
 
 
+def user_signature_key(user: int, where: str | None):
+    """User ``user``'s ownership key (``FedConfig.signature_keys``: ``where/user-XXX.json``), or ``None``."""
+    if where is None:
+        return None
+    from privnerf.ownership.signature import read_key
+
+    return read_key(Path(where) / f"user-{user:03d}.json")
+
+
 def trainer_at(cfg: TrainConfig, scene: Scene, global_arrays: list[np.ndarray]) -> Trainer:
     """A trainer on ``scene`` whose global field holds ``global_arrays`` (shapes included: the server may have
     grown the grids), with optimizers built for those tensors. The occupancy grid is not yet refreshed."""
@@ -181,11 +190,13 @@ class LocalUser:
     """
 
     def __init__(self, user: int, data: str, cfg: TrainConfig, state_dir: Path, rounds: int, epochs: float,
-                 keep_optimizer: bool = False, person_free: bool = False, private_masks: str | None = None):
+                 keep_optimizer: bool = False, person_free: bool = False, private_masks: str | None = None,
+                 signature_keys: str | None = None):
         self.keep_optimizer = keep_optimizer
         self.user = int(user)
         self.scene = load_user_scene(data, self.user, person_free)
         self.private_masks = user_private_masks(self.scene, self.user, private_masks)
+        self.signature_key = user_signature_key(self.user, signature_keys)
         self.cfg = copy.deepcopy(cfg)
         gc = self.cfg.field.grid
         gc.grow_at = ()  # the server grows the global grids; clients take the shape they receive
@@ -217,6 +228,11 @@ class LocalUser:
     def trainer(self, global_arrays: list[np.ndarray]) -> Trainer:
         t = trainer_at(self.cfg, self.scene, global_arrays)
         t.excluded_pixels = self.private_masks
+        if self.signature_key is not None:
+            from privnerf.ownership.signature import SignLoss
+
+            own = self.cfg.ownership
+            t.sign_loss = SignLoss([self.signature_key], t.field, own.margin, own.weight)
         if t.personal is not None and self.state.personal is not None:
             t.personal.load_state_dict(self.state.personal)  # in place: the optimizers keep these tensors
         t.step_count = self.state.steps
@@ -231,6 +247,36 @@ class LocalUser:
                                                          self.cfg.personal.exclude_alpha))
         t.occ.update(t.occupancy_density, t.occ_step, st.occ_threshold)
         return t
+
+    def steer_signature(self, keys: list[str], weights: list[np.ndarray], global_arrays: list[np.ndarray],
+                        alpha: float, alpha_sum: float, num_users: int) -> list[np.ndarray]:
+        """The upload with this user's signed weights steered (``FedConfig.signature_keys``): at its own
+        positions the user sends ``(w A - (A - alpha) g) / alpha`` instead of its trained ``w`` (``g`` the
+        received global value, ``A`` the expected sum of weights: last round's, or ``alpha * num_users`` in the
+        first), so that the weighted mean lands on ``w`` when the others' values stay near ``g``. Without it the
+        others' unsigned values, ``1 - alpha`` of the mean, hold each signed weight where it was: at 20 users a
+        user's sign loss would move its weights a twentieth of the way a round. The positions are the user's
+        alone (its slot), so no one else steers them; the values are masked by SecAgg+ like every other."""
+        if self.signature_key is None:
+            return weights
+        from privnerf.ownership.signature import key_positions
+
+        layers = sorted((int(k.split(".")[1]), j) for j, k in enumerate(keys)
+                        if k.startswith("rgb_net.") and k.endswith(".weight") and weights[j].ndim == 2)
+        order = [j for _, j in layers]
+        sizes = np.cumsum([0] + [weights[j].size for j in order])
+        if sizes[-1] != self.signature_key.carrier_size:
+            raise ValueError(f"user {self.user}'s key is for a carrier of {self.signature_key.carrier_size} weights; "
+                             f"the global colour head has {sizes[-1]}")
+        a_sum = alpha_sum if alpha_sum > 0 else alpha * num_users
+        out = [w.copy() for w in weights]
+        idx, _ = key_positions(self.signature_key)
+        for pos in idx:
+            li = int(np.searchsorted(sizes, pos, side="right") - 1)
+            j, flat = order[li], int(pos - sizes[li])
+            w, g = out[j].reshape(-1), np.asarray(global_arrays[j]).reshape(-1)
+            w[flat] = (w[flat] * a_sum - (a_sum - alpha) * g[flat]) / alpha
+        return out
 
     def loss_gradient(self, global_arrays: list[np.ndarray], batches: int) -> tuple[list[np.ndarray], float]:
         """``dL_k/dg`` at the received global weights (mean over ``batches`` batches of own rays) and ``L_k``."""

@@ -64,6 +64,21 @@ def check_private_masks(cfg: FedConfig) -> None:
         user_private_masks(load_user_scene(cfg.data, k), k, cfg.private_masks)
 
 
+def check_signature_keys(cfg: FedConfig) -> None:
+    """Read every user's key once (as :func:`check_private_masks`): a missing or bad file stops the run with its
+    name; two users in one slot (their bits would fight over the same weights) are refused."""
+    from privnerf.fed.local import user_signature_key
+
+    users = user_ids(load_dataset(cfg.data, "train"))
+    slots: dict[int, int] = {}
+    for k in users:
+        key = user_signature_key(k, cfg.signature_keys)
+        if key.slot in slots:
+            raise ValueError(f"{cfg.signature_keys}: users {slots[key.slot]} and {k} hold keys for the same slot "
+                             f"{key.slot}; make one key per slot (privnerf ownership keygen --federation {len(users)})")
+        slots[key.slot] = k
+
+
 class Harness:
     """Builds the server's field and measures each round (the ``hooks`` of :class:`DecentServer`)."""
 
@@ -272,6 +287,11 @@ def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
             raise ValueError(f"--private-masks is a federated user's mode; aggregator {cfg.aggregator!r} trains one "
                              "model on every photo")
         check_private_masks(cfg)  # every user's node is this machine: refuse before any round, not in a client
+    if cfg.signature_keys is not None:
+        if cfg.one_trainer:
+            raise ValueError(f"--signature-keys is a federated user's mode; aggregator {cfg.aggregator!r} trains one "
+                             "model (sign it with --train.ownership.key)")
+        check_signature_keys(cfg)
     run_dir = prepare_run(cfg)
     if cfg.one_trainer:
         t0 = time.perf_counter()

@@ -177,9 +177,48 @@ def carrier_size(field: nn.Module) -> int:
     return sum(t.numel() for t in carrier_tensors(field))
 
 
-def carrier_values(field: nn.Module) -> torch.Tensor:
-    """All carrier entries ``(carrier_size,)``, detached."""
-    return torch.cat([t.detach().reshape(-1) for t in carrier_tensors(field)])
+def carrier_from_state(state: dict) -> list[torch.Tensor]:
+    """The carrier read from a field's state dict (``rgb_net.<i>.weight`` in layer order): what a verifier
+    holding only the released weights (a run's checkpoint, DecentNeRF's ``server/global.pt``) needs."""
+    import re
+
+    found = sorted((int(m.group(1)), v) for k, v in state.items()
+                   if (m := re.fullmatch(r"rgb_net\.(\d+)\.weight", k)) and getattr(v, "ndim", 0) == 2)
+    if not found:
+        raise ValueError("the weights hold no colour head (rgb_net) to carry a signature")
+    return [v for _, v in found]
+
+
+def carrier_values(field: nn.Module | dict) -> torch.Tensor:
+    """All carrier entries ``(carrier_size,)`` of a field or of its state dict, detached."""
+    ts = carrier_from_state(field) if isinstance(field, dict) else carrier_tensors(field)
+    return torch.cat([t.detach().reshape(-1) for t in ts])
+
+
+def read_released_weights(path: Path) -> dict:
+    """The field state dict a verifier checks: ``path`` is a run directory (``checkpoints/last.pt``), a
+    federated run directory (``server/global.pt``, the released global model) or either file. Errors name
+    the file."""
+    path = Path(path)
+    if path.is_dir():
+        cands = [path / "checkpoints" / "last.pt", path / "server" / "global.pt"]
+        found = [c for c in cands if c.exists()]
+        if not found:
+            raise SceneError(path, "no checkpoints/last.pt nor server/global.pt (is it a privnerf run directory?)")
+        path = found[0]
+    if not path.is_file():
+        raise SceneError(path, "no such checkpoint")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file gets one clear error
+        raise SceneError(path, f"not a privnerf checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(st, dict) or not isinstance(st.get("field"), dict):
+        raise SceneError(path, "not a privnerf checkpoint (no field weights in it)")
+    try:
+        carrier_from_state(st["field"])
+    except ValueError as e:
+        raise SceneError(path, str(e)) from None
+    return st["field"]
 
 
 class SignLoss(nn.Module):
@@ -220,21 +259,22 @@ def binomial_tail(matches: int, n: int) -> float:
     return sum(math.comb(n, k) for k in range(matches, n + 1)) / 2.0**n
 
 
-def verify(field: nn.Module, key: SignatureKey) -> dict:
+def verify(field: nn.Module | dict, key: SignatureKey) -> dict:
     """``{"owner", "bits", "matches", "bit_accuracy", "false_positive_probability", "verified"}`` for ``key``
-    against ``field``'s weights (a zero weight matches neither bit)."""
-    n = carrier_size(field)
+    against ``field``'s weights (the field or its state dict; a zero weight matches neither bit)."""
+    values = carrier_values(field)
+    n = values.numel()
     if key.carrier_size != n:
         raise ValueError(f"key of {key.owner!r} is for a carrier of {key.carrier_size} weights; this model's colour "
                          f"head has {n}")
     idx, bits = key_positions(key)
-    w = carrier_values(field).cpu().numpy()[idx]
+    w = values.cpu().numpy()[idx]
     matches = int(np.sum(np.sign(w) == bits))
     p = binomial_tail(matches, key.bits)
     return {"owner": key.owner, "bits": key.bits, "matches": matches, "bit_accuracy": matches / key.bits,
             "false_positive_probability": p, "verified": p < FALSE_POSITIVE, "commitment": key.commitment}
 
 
-__all__ = ["FALSE_POSITIVE", "KEY_FORMAT", "SignLoss", "SignatureKey", "binomial_tail", "carrier_size",
-           "carrier_tensors", "carrier_values", "check_key", "key_positions", "new_key", "read_key", "slot_block",
-           "verify", "write_key"]
+__all__ = ["FALSE_POSITIVE", "KEY_FORMAT", "SignLoss", "SignatureKey", "binomial_tail", "carrier_from_state",
+           "carrier_size", "carrier_tensors", "carrier_values", "check_key", "key_positions", "new_key", "read_key",
+           "read_released_weights", "slot_block", "verify", "write_key"]
