@@ -139,10 +139,9 @@ def test_every_users_signature_survives_secure_aggregation(tiny_crowd, tmp_path,
     audit = tmp_path / "audit"
     monkeypatch.setenv("PRIVNERF_AUDIT_DIR", str(audit))
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
-    cfg = FedConfig(data=str(tiny_crowd), aggregator="learned", rounds=2, local_epochs=4.0, eval_max_images=1,
+    cfg = FedConfig(data=str(tiny_crowd), aggregator="learned", rounds=2, local_epochs=1.0, eval_max_images=1,
                     leakage_views=1, output=tmp_path / "run", signature_keys=str(keys))
     cfg.train.optim.batch_rays = 512
-    cfg.train.optim.lr_mlp = 0.02  # a few dozen local steps must carry the bits past the margin
     cfg.train.field.grid.num_voxels_start = cfg.train.field.grid.max_voxels = 8000
     run_federated(cfg, quiet=True)
     capsys.readouterr()
