@@ -78,11 +78,12 @@ def finetune(run: Path, train_scene, seconds: float, key=None):
     """The signed run trained ``seconds`` more on the training photos, learning rates restarted; with ``key`` (an
     overwriting attacker's) that key's sign loss is on."""
     from privnerf.ownership.signature import SignLoss
+    from privnerf.train.config import config_from_dict
     from privnerf.train.trainer import Trainer
 
     st = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    t0 = load(run)
-    cfg = t0.cfg
+    cfg = config_from_dict(st["config"])
+    cfg.ownership.key = None  # the attacker trains without the owner's term
     cfg.max_time, cfg.steps = seconds, 10**9
     t = Trainer(cfg, train_scene)
     t.load_state(st, with_optim=False)
@@ -131,14 +132,12 @@ def verdict_of(field, key) -> dict:
 
 def flip(field, positions: np.ndarray) -> None:
     """Negate the carrier entries at ``positions`` (flattened, concatenated carrier order)."""
-    from privnerf.ownership.signature import carrier_tensors
+    from privnerf.ownership.signature import carrier_locations, carrier_tensors
 
     ws = carrier_tensors(field)
-    offsets = np.cumsum([0] + [w.numel() for w in ws])
     with torch.no_grad():
-        for j in positions:
-            i = int(np.searchsorted(offsets, j, side="right") - 1)
-            ws[i].view(-1)[int(j - offsets[i])] *= -1.0
+        for layer, flat in carrier_locations(positions, [w.numel() for w in ws]):
+            ws[layer].view(-1)[flat] *= -1.0
 
 
 def regrid(field) -> None:
@@ -173,7 +172,7 @@ def main() -> int:
         raise SystemExit(f"{RESULTS} holds a {doc['seconds']} s run; pass --fresh to replace it")
     doc.update({"seconds": a.seconds, "eval_views": a.eval_views, "machine": machine(),
                 "command": "benchmarks/ipr.py " + " ".join(sys.argv[1:]), "paper": "no published figures retrieved "
-                "(../shared/specs/blog_papers.md §6); DeepIPR's detection is 100 % after training"})
+                "(../shared/specs/blog_papers.md §6)"})
     doc.setdefault("stages", {})
     doc.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     stages = doc["stages"]

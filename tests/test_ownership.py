@@ -165,3 +165,57 @@ def test_every_users_signature_survives_secure_aggregation(tiny_crowd, tmp_path,
         run_federated(FedConfig(data=str(tiny_crowd), aggregator="learned", rounds=1, signature_keys=str(clash),
                                 output=tmp_path / "never"), quiet=True)
     assert not (tmp_path / "never").exists()
+
+
+def test_a_steered_upload_puts_the_weighted_mean_on_the_users_signed_values():
+    """LocalUser.steer_signature: with the other users sending the global value back, the server's mean lands
+    on the user's weights moved past the margin on its bits' side; every other entry is the user's own."""
+    from types import SimpleNamespace
+
+    from privnerf.fed.local import LocalUser
+    from privnerf.ownership.signature import carrier_locations, carrier_order
+
+    rng = np.random.default_rng(0)
+    head = make_rgb_net(GridFieldConfig())
+    names = ["density_grid.data"] + [f"rgb_net.{k}" for k in head.state_dict()]
+    g = [rng.normal(size=(4, 4, 4, 1))] + [rng.normal(0, 0.15, size=tuple(v.shape)) for v in head.state_dict().values()]
+    w = [a + rng.normal(0, 0.01, size=a.shape) for a in g]
+    key = new_key("u", 64, slot=2, slots=5, seed=7)
+    me = SimpleNamespace(signature_key=key, user=2, cfg=SimpleNamespace(ownership=SimpleNamespace(margin=0.1)))
+    alpha, n = 0.2, 5
+    up = LocalUser.steer_signature(me, names, w, g, alpha, 0.0, n)
+    mean = [(alpha * u + (n * alpha - alpha) * x) / (n * alpha) for u, x in zip(up, g)]
+    order = carrier_order(names, [a.ndim for a in w])
+    assert [names[j] for j in order] == ["rgb_net.0.weight", "rgb_net.2.weight", "rgb_net.4.weight"]
+    idx, bits = key_positions(key)
+    touched = set()
+    for (layer, flat), b in zip(carrier_locations(idx, [w[j].size for j in order]), bits):
+        j = order[layer]
+        target = b * max(b * w[j].reshape(-1)[flat], 0.1)
+        assert mean[j].reshape(-1)[flat] == pytest.approx(target) and b * target >= 0.1
+        touched.add((j, flat))
+    for j, (u, a) in enumerate(zip(up, w)):
+        for flat in np.flatnonzero(u.reshape(-1) != a.reshape(-1)):
+            assert (j, int(flat)) in touched
+    with pytest.raises(ValueError, match="beyond the 6784 weights"):
+        carrier_locations(np.array([6784]), [w[j].size for j in order])
+
+
+def test_bad_ownership_input_is_refused_before_anything_is_written(tiny_crowd, tmp_path, capsys):
+    from privnerf.cli.main import main
+    from privnerf.fed.config import FedConfig
+    from privnerf.fed.run import run_federated
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", DATA, "--steps", "5", "--output", str(run), "--ownership.key",
+                 str(tmp_path / "nokey.json")]) == 2
+    assert f"{tmp_path / 'nokey.json'}: no key file here" in capsys.readouterr().err
+    assert not run.exists()
+    assert main(["ownership", "keygen", "--federation", "0", "--out", str(tmp_path / "keys")]) == 2
+    assert "at least one user" in capsys.readouterr().err and not (tmp_path / "keys").exists()
+    write_key(new_key("a", 64, seed=1), tmp_path / "a.json")
+    cfg = FedConfig(data=str(tiny_crowd), aggregator="learned", rounds=1, output=tmp_path / "fed")
+    cfg.train.ownership.key = str(tmp_path / "a.json")
+    with pytest.raises(ValueError, match="each user signs its own slot"):
+        run_federated(cfg, quiet=True)
+    assert not (tmp_path / "fed").exists()

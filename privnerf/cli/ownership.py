@@ -37,7 +37,9 @@ def _keygen(argv: list[str]) -> int:
     p.add_argument("--carrier-size", type=int, default=6784,
                    help="weights of the colour head (default %(default)s: the grid field's default head)")
     a = p.parse_args(argv)
-    if a.out.exists() and (a.owner is not None or any(a.out.iterdir())):
+    if a.federation is not None and a.federation < 1:
+        raise ValueError(f"--federation {a.federation}: a federation has at least one user")
+    if a.out.exists() and (a.owner is not None or not a.out.is_dir() or any(a.out.iterdir())):
         raise FileExistsError(f"{a.out}: exists; keys are never overwritten")
     if a.owner is not None:
         key = new_key(a.owner, a.bits, a.slot, a.slots, a.carrier_size)

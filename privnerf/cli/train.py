@@ -39,12 +39,12 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
-
+    # everything that can refuse the input (data, field, the owner's key) comes before the run directory
     train_scene = load_split(cfg, "train")
     eval_scene = load_split(cfg, cfg.eval_split)
     trainer = Trainer(cfg, train_scene, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     if cfg.resume and ckpt is not None:
         trainer.load_checkpoint(ckpt)
         print(f"resumed from {ckpt} at step {trainer.step_count} ({trainer.train_time:.0f}s trained)")

@@ -262,22 +262,19 @@ class LocalUser:
         the values are masked by SecAgg+ like every other."""
         if self.signature_key is None:
             return weights
-        from privnerf.ownership.signature import key_positions
+        from privnerf.ownership.signature import carrier_locations, carrier_order, key_positions
 
-        layers = sorted((int(k.split(".")[1]), j) for j, k in enumerate(keys)
-                        if k.startswith("rgb_net.") and k.endswith(".weight") and weights[j].ndim == 2)
-        order = [j for _, j in layers]
-        sizes = np.cumsum([0] + [weights[j].size for j in order])
-        if sizes[-1] != self.signature_key.carrier_size:
+        order = carrier_order(keys, [w.ndim for w in weights])
+        sizes = [weights[j].size for j in order]
+        if sum(sizes) != self.signature_key.carrier_size:
             raise ValueError(f"user {self.user}'s key is for a carrier of {self.signature_key.carrier_size} weights; "
-                             f"the global colour head has {sizes[-1]}")
+                             f"the global colour head has {sum(sizes)}")
         a_sum = alpha_sum if alpha_sum > 0 else alpha * num_users
         out = [w.copy() for w in weights]
         idx, bits = key_positions(self.signature_key)
         margin = self.cfg.ownership.margin
-        for pos, b in zip(idx, bits):
-            li = int(np.searchsorted(sizes, pos, side="right") - 1)
-            j, flat = order[li], int(pos - sizes[li])
+        for (layer, flat), b in zip(carrier_locations(idx, sizes), bits):
+            j = order[layer]
             w, g = out[j].reshape(-1), np.asarray(global_arrays[j]).reshape(-1)
             t = b * max(b * float(w[flat]), margin)
             w[flat] = (t * a_sum - (a_sum - alpha) * g[flat]) / alpha

@@ -287,6 +287,9 @@ def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
             raise ValueError(f"--private-masks is a federated user's mode; aggregator {cfg.aggregator!r} trains one "
                              "model on every photo")
         check_private_masks(cfg)  # every user's node is this machine: refuse before any round, not in a client
+    if cfg.train.ownership.key is not None and not cfg.one_trainer:
+        raise ValueError(f"--train.ownership.key signs one owner's model; in a federation each user signs its own "
+                         "slot: --signature-keys DIR (privnerf ownership keygen --federation N)")
     if cfg.signature_keys is not None:
         if cfg.one_trainer:
             raise ValueError(f"--signature-keys is a federated user's mode; aggregator {cfg.aggregator!r} trains one "

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,29 +165,48 @@ def key_positions(key: SignatureKey) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64), (raw.astype(np.float32) * 2 - 1)
 
 
+CARRIER_NAME = re.compile(r"rgb_net\.(\d+)\.weight")
+"""State-dict names of the carrier's arrays: the colour head's linear weights (the layer index orders them)."""
+
+
+def carrier_order(names: list[str], ndims: list[int] | None = None) -> list[int]:
+    """Indices into ``names`` (state-dict or message key names) of the carrier's arrays, in carrier order; the
+    one rule the field, a state dict and a federated upload share. ``ndims`` (optional) keeps 2-D arrays only."""
+    found = sorted((int(m.group(1)), j) for j, k in enumerate(names)
+                   if (m := CARRIER_NAME.fullmatch(k)) and (ndims is None or ndims[j] == 2))
+    if not found:
+        raise ValueError("the weights hold no colour head (rgb_net) to carry a signature")
+    return [j for _, j in found]
+
+
+def carrier_locations(positions: np.ndarray, sizes: list[int]) -> list[tuple[int, int]]:
+    """``(array, flat index)`` of each carrier position, for carrier arrays of ``sizes`` entries in carrier
+    order (the positions index their flattened concatenation)."""
+    ends = np.cumsum([0] + list(sizes))
+    if len(positions) and (np.min(positions) < 0 or np.max(positions) >= ends[-1]):
+        raise ValueError(f"carrier positions beyond the {ends[-1]} weights of this colour head")
+    layer = np.searchsorted(ends, positions, side="right") - 1
+    return [(int(i), int(p - ends[i])) for i, p in zip(layer, positions)]
+
+
+def carrier_from_state(state: dict) -> list[torch.Tensor]:
+    """The carrier read from a field's state dict (or ``named_parameters``): what a verifier holding only the
+    released weights (a run's checkpoint, DecentNeRF's ``server/global.pt``) needs."""
+    names = list(state)
+    return [state[names[j]] for j in carrier_order(names, [getattr(v, "ndim", 0) for v in state.values()])]
+
+
 def carrier_tensors(field: nn.Module) -> list[torch.Tensor]:
-    """The carrier: the colour head's linear weights, in module order (their entries, flattened and
-    concatenated, are the positions)."""
-    head = getattr(field, "rgb_net", None)
-    if head is None:
-        raise ValueError(f"a {type(field).__name__} has no colour head (rgb_net) to carry a signature")
-    return [m.weight for m in head.modules() if isinstance(m, nn.Linear)]
+    """The carrier of a field: its colour head's linear weights (parameters, for the sign loss), in carrier
+    order (their entries, flattened and concatenated, are the positions)."""
+    try:
+        return carrier_from_state(dict(field.named_parameters()))
+    except ValueError:
+        raise ValueError(f"a {type(field).__name__} has no colour head (rgb_net) to carry a signature") from None
 
 
 def carrier_size(field: nn.Module) -> int:
     return sum(t.numel() for t in carrier_tensors(field))
-
-
-def carrier_from_state(state: dict) -> list[torch.Tensor]:
-    """The carrier read from a field's state dict (``rgb_net.<i>.weight`` in layer order): what a verifier
-    holding only the released weights (a run's checkpoint, DecentNeRF's ``server/global.pt``) needs."""
-    import re
-
-    found = sorted((int(m.group(1)), v) for k, v in state.items()
-                   if (m := re.fullmatch(r"rgb_net\.(\d+)\.weight", k)) and getattr(v, "ndim", 0) == 2)
-    if not found:
-        raise ValueError("the weights hold no colour head (rgb_net) to carry a signature")
-    return [v for _, v in found]
 
 
 def carrier_values(field: nn.Module | dict) -> torch.Tensor:
@@ -276,5 +296,5 @@ def verify(field: nn.Module | dict, key: SignatureKey) -> dict:
 
 
 __all__ = ["FALSE_POSITIVE", "KEY_FORMAT", "SignLoss", "SignatureKey", "binomial_tail", "carrier_from_state",
-           "carrier_size", "carrier_tensors", "carrier_values", "check_key", "key_positions", "new_key", "read_key",
+           "carrier_locations", "carrier_order", "carrier_size", "carrier_tensors", "carrier_values", "check_key", "key_positions", "new_key", "read_key",
            "read_released_weights", "slot_block", "verify", "write_key"]
