@@ -41,6 +41,14 @@ from privnerf.train.config import TrainConfig  # noqa: E402
 DATA = data_root()
 
 
+def git_commit() -> str:
+    """The repository's short HEAD commit, recorded with every benchmark result."""
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:

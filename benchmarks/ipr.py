@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from engine import DATA, grid_config, machine  # noqa: E402
+from engine import git_commit as commit  # noqa: E402
 
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
@@ -49,11 +50,6 @@ OUT = ROOT / "outputs" / "bench-ipr"
 RESULTS = ROOT / "benchmarks" / "results" / "ipr-lego.json"
 LEGO = DATA / "nerf_synthetic" / "lego"
 
-
-def commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def save(doc: dict) -> None:

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from engine import git_commit as commit  # noqa: E402
 from engine import machine  # noqa: E402
 
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
@@ -31,11 +32,6 @@ from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 OUT = ROOT / "outputs" / "bench-ipr-fed"
 RESULTS = ROOT / "benchmarks" / "results" / "ipr-fed.json"
 
-
-def commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def crowd() -> Path:

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from engine import git_commit as commit  # noqa: E402
 from engine import machine  # noqa: E402
 
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
@@ -51,11 +52,6 @@ TUNED_ON = (0, 1, 2)
 """lego-20 users whose responses chose the mask rule's thresholds (the demo crowd's persons, 5x12 px, carry
 no signal to tune on); the others are held out and reported separately."""
 
-
-def commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def suffix(a) -> str:

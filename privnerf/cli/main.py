@@ -1,5 +1,5 @@
 """``privnerf`` command line: ``train``, ``eval``, ``render``, ``export``, ``data``, ``fed``, ``split``, ``face``,
-``semantics``, ``ownership``.
+``semantics``, ``ownership``, ``provenance``.
 
 ``privnerf train`` takes every field of :class:`privnerf.train.config.TrainConfig` as a flag (nested ones
 as ``--field.grid.num-voxels``); ``privnerf train --help`` lists them.
@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         "split": ("split learning (SplitNeRF / S2NeRF): train, serve, attack", "privnerf.cli.split"),
         "face": ("identity-obscured head reconstruction: obscure, train", "privnerf.cli.face"),
         "semantics": ("JacobiNeRF: shape a run, propagate labels from clicks", "privnerf.cli.semantics"),
-        "ownership": ("IPR-NeRF signatures: make a key, verify a run's owners", "privnerf.cli.ownership"),
+        "ownership": ("IPR-NeRF: keys, weight signatures, render watermarks", "privnerf.cli.ownership"),
+        "provenance": ("ProvNeRF: where each point was seen from, uncertainty, contributors", "privnerf.cli.provenance"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: privnerf {train,eval,render,export,data,fed,split,face,semantics,ownership} [options]\n")
+        print("usage: privnerf {train,eval,render,export,data,fed,split,face,semantics,ownership,provenance} [options]\n")
         for name, (desc, _) in commands.items():
             print(f"  {name:10s} {desc}")
         if argv and argv[0] not in ("-h", "--help"):

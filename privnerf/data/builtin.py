@@ -881,3 +881,42 @@ def export_builtin(
     meta = {k: first.meta[k] for k in ("source", "seed", "classes", "instances", "light_dir", "size", "supersample", "counts")}
     atomic_write_json(out / "builtin_meta.json", meta)
     return path
+
+
+def builtin_visibility(points, normals, c2w, intrinsics, hw: tuple[int, int], scene_seed: int = 0,
+                       rel_tol: float = 1e-4) -> np.ndarray:
+    """Exact visibility of surface points from cameras of the built-in scene.
+
+    A point is visible from a camera when it projects inside the image, lies in front of the camera, faces it
+    (``normal . (camera - point) > 0``) and the camera's ray towards it hits nothing before it (traced against
+    the analytic primitives, with a tolerance of ``rel_tol`` times the distance).
+
+    Args:
+        points, normals: ``(n, 3)`` surface samples and their outward normals (e.g. from
+            :func:`sample_builtin_surface`).
+        c2w: ``(c, 4, 4)`` cameras; intrinsics: ``(c, 4)``; hw: image height and width.
+        scene_seed: the scene's seed.
+    Returns:
+        ``(c, n)`` bool. Example: a ground point straight below a camera looking down is visible from it unless an
+        object stands between them.
+    """
+    from privnerf.data.cameras import project_points
+
+    world = _geometry_world(int(scene_seed))
+    p = torch.as_tensor(np.asarray(points), dtype=torch.float64)
+    nrm = torch.as_tensor(np.asarray(normals), dtype=torch.float64)
+    h, w = hw
+    out = np.zeros((len(c2w), len(p)), dtype=bool)
+    for c in range(len(c2w)):
+        u, v, depth = project_points(c2w[c], intrinsics[c], p)
+        o = torch.as_tensor(np.asarray(c2w[c])[:3, 3], dtype=torch.float64)
+        to = p - o
+        dist = to.norm(dim=-1)
+        cand = (depth > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & ((nrm * -to).sum(-1) > 0)
+        idx = cand.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        d = (to[idx] / dist[idx, None]).float()
+        t, _ = _trace(o.float().expand(len(idx), 3).contiguous(), d, world.objects)
+        out[c, idx.numpy()] = (t.double() >= dist[idx] * (1 - rel_tol) - 1e-4).numpy()
+    return out
