@@ -133,6 +133,9 @@ class Trainer:
 
             self.sign_loss = SignLoss([read_key(Path(cfg.ownership.key))], self.field, cfg.ownership.margin,
                                       cfg.ownership.weight).to(self.device)
+        self.extra_loss = None
+        """``callable(trainer) -> 0-d tensor`` added to every step's loss (the black-box watermark's term,
+        :class:`privnerf.ownership.watermark.WatermarkLoss`); ``None`` for none."""
         self._pixels: PixelSampler | None = None
         self.excluded_pixels: list[np.ndarray] | None = None
         """Per-view boolean masks of pixels never to train on (set before the first step; see PixelSampler)."""
@@ -465,6 +468,8 @@ class Trainer:
             loss = loss + o.tv_weight * self.field.density_grid.total_variation()
         if self.sign_loss is not None:
             loss = loss + self.sign_loss(self.field)
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(self)
         self.mlp_opt.zero_grad(set_to_none=True)
         loss.backward()
         scale = self.lr_scale()
