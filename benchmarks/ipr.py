@@ -56,6 +56,17 @@ def save(doc: dict) -> None:
     atomic_write_text(RESULTS, json.dumps(doc, indent=1, default=str) + "\n")
 
 
+def open_results(path: Path, fresh: bool, seconds: float) -> dict:
+    """The stage document kept at ``path`` (empty when ``fresh`` or absent); exits when lego 400 is not here or
+    the document holds a run of another ``seconds``."""
+    if not LEGO.exists():
+        raise SystemExit(f"{LEGO}: lego 400 is not here (set PRIVNERF_DATA or put ../shared/data beside the repo)")
+    doc = {} if fresh or not path.exists() else json.loads(path.read_text())
+    if doc.get("seconds") not in (None, seconds):
+        raise SystemExit(f"{path} holds a {doc['seconds']} s run; pass --fresh to replace it")
+    return doc
+
+
 def evaluate(trainer, scene, views: int) -> float:
     from privnerf.eval.evaluate import evaluate_split
 
@@ -160,12 +171,8 @@ def main() -> int:
                    help="also train the plain/signed pair for this many steps each (no time limit)")
     p.add_argument("--fresh", action="store_true")
     a = p.parse_args()
-    if not LEGO.exists():
-        raise SystemExit(f"{LEGO}: lego 400 is not here (set PRIVNERF_DATA or put ../shared/data beside the repo)")
     set_threads(2)
-    doc = {} if a.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
-    if doc.get("seconds") not in (None, a.seconds):
-        raise SystemExit(f"{RESULTS} holds a {doc['seconds']} s run; pass --fresh to replace it")
+    doc = open_results(RESULTS, a.fresh, a.seconds)
     doc.update({"seconds": a.seconds, "eval_views": a.eval_views, "machine": machine(),
                 "command": "benchmarks/ipr.py " + " ".join(sys.argv[1:]), "paper": "no published figures retrieved "
                 "(../shared/specs/blog_papers.md §6)"})
