@@ -207,28 +207,39 @@ def run_setting(name: str, setting: dict, a, doc: dict, done) -> None:
     if f"{name}/uncertainty" not in stages:
         from scipy.stats import spearmanr
 
-        us, es, ds, seen, tri, unobs, per_view = [], [], [], [], [], [], []
-        for c in range(test.num_views):
-            hh, ww = test.hw(c)
-            m = provenance_maps(pfs[16], field, occ, settings, test.c2w[c], test.intrinsics[c], hh, ww)
-            gt = torch.as_tensor(test.depths[c])
-            ok = (torch.isfinite(gt) & (m["opacity"] > 0.5) & torch.isfinite(m["uncertainty"])
-                  & torch.isfinite(m["depth"]))
-            u, e = m["uncertainty"][ok].numpy(), (m["depth"][ok] - gt[ok]).abs().numpy()
-            per_view.append(float(spearmanr(u, e).statistic))
-            us.append(u)
-            es.append(e)
-            ds.append(m["depth"][ok].numpy())
-            seen.append(m["seen"][ok].numpy())
-            tri.append(m["triangulation"][ok].numpy())
-            unobs.append(m["unobserved"][ok].numpy())
-        u, e = np.concatenate(us), np.concatenate(es)
+        def terms(scene) -> tuple[list, np.ndarray]:
+            """Per view the foreground pixels' (triangulation, unobserved, seen, depth) and the absolute depth error."""
+            rows, errs = [], []
+            for c in range(scene.num_views):
+                hh, ww = scene.hw(c)
+                m = provenance_maps(pfs[16], field, occ, settings, scene.c2w[c], scene.intrinsics[c], hh, ww)
+                gt = torch.as_tensor(scene.depths[c])
+                ok = (torch.isfinite(gt) & (m["opacity"] > 0.5) & torch.isfinite(m["triangulation"])
+                      & torch.isfinite(m["depth"]))
+                rows.append(np.stack([m[k][ok].numpy() for k in ("triangulation", "unobserved", "seen", "depth")], 1))
+                errs.append((m["depth"][ok] - gt[ok]).abs().numpy())
+            return rows, errs
+
+        weights = [0.0, 0.1, 0.3, 1.0]
+
+        def rho(rows, errs, lam: float) -> float:
+            r, e = np.concatenate(rows), np.concatenate(errs)
+            return float(spearmanr(r[:, 1] + lam * r[:, 0], e).statistic)
+
+        vrows, verrs = terms(val)
+        val_rho = [rho(vrows, verrs, lam) for lam in weights]
+        lam = weights[int(np.argmax(val_rho))]
+        rows, errs = terms(test)
+        r, e = np.concatenate(rows), np.concatenate(errs)
         done(f"{name}/uncertainty", {
-            "pixels": int(len(u)), "spearman": float(spearmanr(u, e).statistic), "spearman_per_view": per_view,
-            "spearman_unseen": float(spearmanr(-np.concatenate(seen), e).statistic),
-            "spearman_triangulation_only": float(spearmanr(np.concatenate(tri), e).statistic),
-            "spearman_unobserved_only": float(spearmanr(np.concatenate(unobs), e).statistic),
-            "spearman_depth_itself": float(spearmanr(np.concatenate(ds), e).statistic),
+            "pixels": int(len(e)), "triangulation_weight_chosen_on_val": lam,
+            "val_spearman_by_weight": dict(zip(map(str, weights), val_rho, strict=True)),
+            "spearman": rho(rows, errs, lam),
+            "spearman_per_view": [rho([a], [b], lam) for a, b in zip(rows, errs, strict=True)],
+            "spearman_triangulation_only": float(spearmanr(r[:, 0], e).statistic),
+            "spearman_unobserved_only": float(spearmanr(r[:, 1], e).statistic),
+            "spearman_unseen": float(spearmanr(-r[:, 2], e).statistic),
+            "spearman_depth_itself": float(spearmanr(r[:, 3], e).statistic),
             "median_abs_depth_error": float(np.median(e))})
 
 

@@ -88,16 +88,24 @@ def in_frustum(points: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor
     return (depth > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
 
 
+TRIANGULATION_WEIGHT = 0.0
+"""Weight of the triangulation term in the depth uncertainty; chosen on the built-in scene's val cameras
+(``benchmarks/provenance.py``: 0 of 0, 0.1, 0.3, 1 in both settings; on those scenes the field's depth errors
+come from unobserved space and grazing-angle blur, not from narrow baselines; docs/provenance.md)."""
+
+
 @torch.no_grad()
 def provenance_maps(pf: ProvenanceField, field, occ, settings, c2w, intrinsics, h: int, w: int, draws: int = 1,
-                    min_weight: float = 0.02, free_samples: int = 32, chunk: int = 8192) -> dict[str, torch.Tensor]:
+                    min_weight: float = 0.02, free_samples: int = 32, chunk: int = 8192,
+                    triangulation_weight: float = TRIANGULATION_WEIGHT) -> dict[str, torch.Tensor]:
     """Per-pixel provenance of one camera's view: the field is rendered, and the provenance queries are averaged
     over each ray's samples by their rendering weight (samples below ``min_weight`` left out).
 
     Returns ``(h, w)`` maps ``depth`` (camera z), ``opacity``, ``triangulation`` (:func:`triangulation_uncertainty`
     along the ray times the pixel's angle: scene units), ``unobserved`` (the length of ray in front of the rendered
     depth that no training camera observed: ``sum (1 - seen) ds`` over ``free_samples`` points, scene units: the
-    true surface could hide anywhere in it), ``uncertainty`` (their sum: the depth uncertainty), ``seen``
+    true surface could hide anywhere in it), ``uncertainty`` (the depth uncertainty: ``unobserved +
+    triangulation_weight * triangulation``), ``seen``
     (:func:`seen_strength`) and ``(h, w, users)`` ``shares`` (:func:`contributor_shares`). Pixels with no kept sample
     get ``nan``.
     """
@@ -136,7 +144,7 @@ def provenance_maps(pf: ProvenanceField, field, occ, settings, c2w, intrinsics, 
             cur[has] = avg(vals)[has]
             out[key][sl] = cur
         out["unobserved"][sl] = _unobserved_length(pf, o, d, r["depth"], settings, free_samples, draws)
-    out["uncertainty"] = out["triangulation"] + out["unobserved"]
+    out["uncertainty"] = out["unobserved"] + triangulation_weight * out["triangulation"]
     return {k: v.reshape(h, w, *v.shape[1:]) for k, v in out.items()}
 
 
