@@ -145,8 +145,8 @@ def _watermark(argv: list[str]) -> int:
 
 def _watermark_verify(argv: list[str]) -> int:
     from privnerf.ownership.signature import read_key
-    from privnerf.ownership.watermark import (decoder_path, load_decoder, load_image_dir, novel_poses, read_images,
-                                              render_poses)
+    from privnerf.ownership.watermark import (MIN_VIEWS_ADVISED, decoder_path, load_decoder, load_image_dir,
+                                              novel_poses, read_images, render_poses)
 
     p = argparse.ArgumentParser(prog="privnerf ownership watermark-verify",
                                 description="read the key's watermark from images or from a run's renders")
@@ -181,6 +181,9 @@ def _watermark_verify(argv: list[str]) -> int:
     print(f"{key.owner}: {r['matches']}/{r['bits']} bits ({100 * r['bit_accuracy']:.1f} %) from {r['views']} images "
           f"(per image {100 * r['per_view_bit_accuracy_mean']:.1f} % on average), agreement {r['agreement']:.2f} "
           f"(bar {r['agreement_bar']}), binomial chance {r['chance_probability']:.1e} -> {verdict}")
+    if r["views"] < MIN_VIEWS_ADVISED:
+        print(f"note: {r['views']} image(s): a single image is weak evidence (a training photo alone has read "
+              f"1.24); verify from {MIN_VIEWS_ADVISED} or more views (docs/ownership.md)")
     if a.json is not None:
         from privnerf.train.checkpoint import atomic_write_text
 
