@@ -3,8 +3,8 @@ region, and are the regions only one user supports found?
 
 Stages, kept in ``benchmarks/results/provenance-crowd.json`` as they finish (``--fresh`` starts over):
 
-* ``crowd``: ``privnerf data crowd`` on ``builtin:n_train=60`` (100 px), ``--users`` users on yaw slices, each with
-  their own static person in all their photos (the personal content).
+* ``crowd``: a crowd (``privnerf.data.crowd``) of ``builtin:n_train=60`` (100 px): 3 users, each holding the
+  views in a 60-degree yaw slice (:data:`SLICES`), each with their own static person in all their photos.
 * ``field``: the grid field trained ``--seconds`` on all users' photos (people included: what a curator who
   pooled the photos would get).
 * ``provenance``: ``privnerf provenance --checkpoint RUN --data CROWD`` (the CLI itself: field, maps, report).
@@ -44,6 +44,9 @@ from engine import machine  # noqa: E402
 from privnerf.train.checkpoint import atomic_write_text  # noqa: E402
 
 OUT = ROOT / "outputs" / "bench-provenance-crowd"
+SLICES = [(0.0, 60.0), (120.0, 60.0), (-120.0, 60.0)]
+"""Each user's photos: the built-in views within a 60-degree yaw slice (centre, width); three slices a third of the
+way round, so a surface facing one slice is seen by that user alone and one facing between two slices by both."""
 RESULTS = ROOT / "benchmarks" / "results" / "provenance-crowd.json"
 
 
@@ -58,7 +61,6 @@ def flag_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=150.0)
-    ap.add_argument("--users", type=int, default=6)
     ap.add_argument("--points", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--fresh", action="store_true")
@@ -81,11 +83,13 @@ def main() -> None:
     crowd, run, prov = OUT / "crowd", OUT / "field", OUT / "provenance"
     py = [sys.executable, "-m", "privnerf"]
     if "crowd" not in stages or not crowd.exists():
+        from privnerf.data.crowd import CrowdConfig, generate_crowd, write_crowd
+
         t0 = time.time()
-        subprocess.run([*py, "data", "crowd", "--scene", "builtin:n_train=60", "--users", str(a.users),
-                        "--personal", "static", "--out", str(crowd), "--quiet"], check=True, cwd=ROOT)
-        done("crowd", {"scene": "builtin:n_train=60", "users": a.users, "partition": "yaw-slices",
-                       "personal": "static", "build_s": round(time.time() - t0, 1)})
+        cfg = CrowdConfig(scene="builtin:n_train=60", users=len(SLICES), slices=SLICES, personal="static")
+        write_crowd(generate_crowd(cfg, quiet=True), crowd)
+        done("crowd", {"scene": cfg.scene, "users": cfg.users, "slices_deg": SLICES, "personal": "static",
+                       "build_s": round(time.time() - t0, 1)})
     if "field" not in stages or not (run / "checkpoints" / "last.pt").exists():
         subprocess.run([*py, "train", "--data", str(crowd), "--max-time", str(a.seconds), "--output", str(run),
                         "--threads", "2"], check=True, cwd=ROOT, capture_output=True)

@@ -70,6 +70,23 @@ def test_point_seen_by_two_cameras_has_two_modes():
     assert sc[0] > 0.5 and sc[1] > 0.5 and sc[2] < 0.1
 
 
+def test_contributor_shares_separate_users():
+    """Two users who observed two different places: each place's share goes to its user; unobserved space is even."""
+    g = torch.Generator().manual_seed(2)
+    n = 3000
+    x = torch.cat([torch.rand(n, 3, generator=g) * 0.3 - 0.8, torch.rand(n, 3, generator=g) * 0.3 + 0.5])
+    user = torch.cat([torch.zeros(n), torch.ones(n)]).long()
+    d = torch.nn.functional.normalize(torch.ones(2 * n, 3), dim=-1)
+    s = ProvenanceSamples(x, d, torch.ones(2 * n), torch.ones(2 * n), user, user)
+    pf = ProvenanceField(ProvenanceConfig(field_features=False), BOX, 0.5, 6.0, users=2)
+    pf.set_contributors(s, voxel=0.1)
+    sh = pf.user_shares(torch.tensor([[-0.65, -0.65, -0.65], [0.65, 0.65, 0.65], [0.0, 0.0, 0.0]]))
+    assert sh[0, 0] > 0.95 and sh[1, 1] > 0.95 and torch.allclose(sh[2], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(sh.sum(1), torch.ones(3))
+    back = ProvenanceField.from_state(pf.state())
+    assert torch.allclose(back.user_shares(x[:10]), pf.user_shares(x[:10]))
+
+
 def test_auc_ap():
     assert auc_ap([0.1, 0.9], [0, 1]) == (1.0, 1.0)
     assert auc_ap([0.9, 0.1], [0, 1])[0] == 0.0

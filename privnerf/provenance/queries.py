@@ -76,7 +76,7 @@ def seen_strength(pf: ProvenanceField, x: torch.Tensor, draws: int = 4) -> torch
 @torch.no_grad()
 def contributor_shares(pf: ProvenanceField, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """``(n, users)``: each contributor's share of the visible observations of ``x`` (rows sum to 1)."""
-    return torch.cat([pf.user_logits(x[i:i + chunk]).softmax(-1) for i in range(0, len(x), chunk)])
+    return torch.cat([pf.user_shares(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def in_frustum(points: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

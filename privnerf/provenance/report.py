@@ -112,6 +112,11 @@ def run_job(job: ProvenanceJob, quiet: bool = False) -> dict:
     pf.attach(field, h, fit_on=s.x[torch.randperm(len(s), generator=g)[:50000]])
     t0 = time.time()
     curve = train_provenance(pf, s, quiet=quiet)
+    if n_users > 1:  # contributor counts from denser rays (every pixel, up to 16k a view), surface samples only
+        dense = collect_samples(field, occ, settings, train.c2w, train.intrinsics,
+                                [train.hw(i) for i in range(train.num_views)], users, 16384, free_per_ray=0,
+                                seed=job.seed + 1)
+        pf.set_contributors(dense, voxel=2 * h)
     t_train = time.time() - t0
     torch.save(pf.state(), job.out / "provenance.pt")
 
@@ -166,9 +171,9 @@ def _panel(path: Path, rgb, m, fg, seen_fg, shares, single, colours, n_users: in
     im = ax[1].imshow(seen, vmin=0, vmax=1, cmap="viridis")
     ax[1].set_title("seen (provenance strength)")
     fig.colorbar(im, ax=ax[1], fraction=0.046)
-    unc = np.where(fg, np.log10(m["uncertainty"].numpy()), np.nan)
+    unc = np.where(fg, np.log10(np.maximum(np.nan_to_num(m["uncertainty"].numpy()), 1e-3)), np.nan)
     im = ax[2].imshow(unc, cmap="magma")
-    ax[2].set_title("log10 depth uncertainty")
+    ax[2].set_title("log10 depth uncertainty (scene units)")
     fig.colorbar(im, ax=ax[2], fraction=0.046)
     if n_users > 1:
         dom = shares.argmax(-1)
