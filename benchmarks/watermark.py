@@ -149,6 +149,20 @@ def main() -> int:
         row["watermarked_vs_control_psnr"] = float(np.mean([psnr(w.permute(1, 2, 0).numpy(), c.permute(1, 2, 0).numpy())
                                                             for w, c in zip(renders["watermarked"], renders["control"])]))
         record("fidelity", row)
+    if "fidelity-equal-steps" not in stages and "watermarked" in stages:
+        # the control stopped at the watermarked fine-tune's step count: the cost without the machine's speed in it
+        # (a watermark step costs about three photometric ones, so in equal time the control trains further)
+        eq = OUT / "control-equal-steps"
+        if eq.exists():
+            shutil.rmtree(eq)
+        k = int(stages["watermarked"]["steps"])
+        _, _, st = embed(base, key, eq, 10**6, wcfg, weight=0.0, quiet=True, steps=k)
+        imgs = [v.permute(1, 2, 0).numpy() for v in render_views(trainer_from_checkpoint(eq), test, n)]
+        p_eq = float(np.mean([psnr(x, test.images[i]) for i, x in enumerate(imgs)]))
+        record("fidelity-equal-steps", {"run": str(eq.relative_to(ROOT)), "steps": st["steps"],
+                                        "train_time_s": st["train_time_s"], "control_psnr": p_eq,
+                                        "watermarked_psnr": stages["fidelity"]["watermarked"]["psnr"],
+                                        "cost_db": p_eq - stages["fidelity"]["watermarked"]["psnr"], "views": n})
     if not PNG.exists() or "png" not in doc:
         from privnerf.data.io import write_image
 

@@ -473,12 +473,12 @@ class WatermarkLoss:
 
 
 def embed(base_run: Path, key: SignatureKey, out: Path, seconds: float, cfg: WatermarkConfig | None = None,
-          weight: float | None = None, quiet: bool = True, progress_every: float = 0.0):
+          weight: float | None = None, quiet: bool = True, progress_every: float = 0.0, steps: int | None = None):
     """Fine-tune ``base_run`` for ``seconds`` (photometric loss + the watermark term with weight
     ``cfg.weight``; ``weight=0`` is the control: the same fine-tune without the term) into the run directory
     ``out`` (config, ``checkpoints/last.pt``: a normal run for ``privnerf render`` / ``eval``). Returns
     ``(trainer, decoder or None, stats)``. Learning rates restart at the run's base rates and decay over the
-    fine-tune as in training."""
+    fine-tune as in training. ``steps``: also stop after that many steps (an equal-steps control)."""
     from privnerf.cli.train import load_split
     from privnerf.train.checkpoint import atomic_write_text
     from privnerf.train.config import config_from_dict
@@ -497,7 +497,7 @@ def embed(base_run: Path, key: SignatureKey, out: Path, seconds: float, cfg: Wat
         raise SceneError(path, f"not a privnerf checkpoint ({type(e).__name__}: {e})") from None
     tcfg.ownership.key = None
     tcfg.device = "cpu" if tcfg.device == "auto" else tcfg.device
-    tcfg.max_time, tcfg.steps, tcfg.output = float(seconds), 10**9, str(out)
+    tcfg.max_time, tcfg.steps, tcfg.output = float(seconds), int(steps or 10**9), str(out)
     scene = load_split(tcfg, "train")
     t = Trainer(tcfg, scene, Path(out))
     t.load_state(st, with_optim=False)
