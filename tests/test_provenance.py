@@ -129,7 +129,7 @@ def test_provenance_cli_on_a_crowd(tiny_crowd, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "provenance.json").read_text())
     assert s["users"] == 3 and s["samples"] > 1000
-    assert sorted(s["views_per_user"]) == ["0", "1", "2"] or sorted(s["views_per_user"]) == [0, 1, 2]
+    assert sorted(s["views_per_user"]) == ["0", "1", "2"] and sum(s["views_per_user"].values()) == s["training_views"]
     v = s["views"][0]
     assert 0 <= v["single_user_share_of_foreground"] <= 1 and v["foreground_share"] > 0.05
     assert (out / "views" / "view_00.png").stat().st_size > 5000 and "single-user" in (out / "report.html").read_text()
@@ -147,4 +147,10 @@ def test_provenance_cli_bad_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     r = _run("provenance", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a privnerf checkpoint" in r.stderr
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+    # an unrelated non-empty directory as --out is refused before any work, and left as it was
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    r = _run("provenance", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "mine"))
+    assert r.returncode == 2 and "refusing to overwrite" in r.stderr
+    assert [f.name for f in (tmp_path / "mine").iterdir()] == ["notes.txt"]

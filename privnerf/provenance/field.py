@@ -44,7 +44,7 @@ class ProvenanceConfig:
     multires: int = 6
     width: int = 128
     layers: int = 3
-    lr: float = 5e-4 * 4
+    lr: float = 2e-3
     steps: int = 2000
     batch: int = 1024
     redraw_every: int = 200

@@ -80,6 +80,15 @@ def user_colours(n: int) -> np.ndarray:
 
 
 def run_job(job: ProvenanceJob, quiet: bool = False) -> dict:
+    """Run ``job``; everything goes to a temporary directory renamed to ``job.out`` when complete (an earlier
+    provenance output there is replaced; any other non-empty directory is refused before work starts)."""
+    from privnerf.data.io import atomic_directory
+
+    with atomic_directory(job.out, overwrite_if="provenance.json") as out:
+        return _run_job(job, Path(out), quiet)
+
+
+def _run_job(job: ProvenanceJob, out: Path, quiet: bool) -> dict:
     from privnerf.data.loader import load_scene
     from privnerf.provenance.field import ProvenanceConfig, ProvenanceField, radiance_features, train_provenance
     from privnerf.provenance.queries import provenance_maps
@@ -97,8 +106,7 @@ def run_job(job: ProvenanceJob, quiet: bool = False) -> dict:
         held = load_scene(source, "test")
     except Exception as e:  # noqa: BLE001 - a run whose data moved still gets its provenance, from its own cameras
         raise SceneError(source, f"cannot load the held-out (test) cameras: {e}; pass --data") from e
-    job.out.mkdir(parents=True, exist_ok=True)
-    (job.out / "views").mkdir(exist_ok=True)
+    (out / "views").mkdir()
 
     t0 = time.time()
     s = collect_samples(field, occ, settings, train.c2w, train.intrinsics,
@@ -118,7 +126,7 @@ def run_job(job: ProvenanceJob, quiet: bool = False) -> dict:
                                 seed=job.seed + 1)
         pf.set_contributors(dense, voxel=2 * h)
     t_train = time.time() - t0
-    torch.save(pf.state(), job.out / "provenance.pt")
+    torch.save(pf.state(), out / "provenance.pt")
 
     colours = user_colours(n_users)
     per_view, panels = [], []
@@ -141,7 +149,7 @@ def run_job(job: ProvenanceJob, quiet: bool = False) -> dict:
             dom = shares.argmax(-1)
             rec["dominant_user_pixels"] = {int(u): int(((dom == u) & seen_fg).sum()) for u in np.unique(dom[seen_fg])}
         per_view.append(rec)
-        path = job.out / "views" / f"view_{c:02d}.png"
+        path = out / "views" / f"view_{c:02d}.png"
         _panel(path, rgb, m, fg, seen_fg, shares, single, colours, n_users, rec["view"])
         panels.append(path.name)
 
@@ -152,8 +160,8 @@ def run_job(job: ProvenanceJob, quiet: bool = False) -> dict:
                "config": asdict(pf.cfg), "views": per_view}
     if n_users > 1:
         summary["views_per_user"] = {int(u): int((users == u).sum()) for u in range(n_users)}
-    (job.out / "provenance.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _html(job.out / "report.html", summary, panels)
+    (out / "provenance.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _html(out / "report.html", summary, panels)
     return summary
 
 
