@@ -8,7 +8,10 @@ Studies (``--study``), each on the crowd presets of ``privnerf data crowd`` (mad
 * ``random``: ``decentnerf-lego-20-random`` (the same crowd, views dealt out at random: the prototype's
   layout), the same aggregators;
 * ``ablation``: ``decentnerf-ablation-8``; learned vs fedavg, with the alpha trajectories plotted;
-* ``users``: ``leakage-users`` (1..10 users); learned -> final leakage per number of users.
+* ``users``: ``leakage-users`` (1..10 users); learned -> final leakage per number of users;
+* ``dac``: ``decentnerf-lego-20``; the DaC aggregator (group experts distilled on the server, docs/decentnerf.md
+  "DaC as an aggregator") against learned at the same rounds and local epochs -> PSNR, each group expert's
+  leakage beside the aggregate's, server FLOPs (``dac-fed-lego20.json`` on lego).
 
 Usage: ``python benchmarks/decentnerf.py --study main --scene lego --rounds 20 --local-epochs 0.05``
 -> ``benchmarks/results/decentnerf-lego-20.json`` / ``decentnerf-ablation-8.json`` /
@@ -44,9 +47,11 @@ STUDIES = {"main": ("decentnerf-lego-20", ALL),
            "random": ("decentnerf-lego-20-random", ALL),
            "ablation": ("decentnerf-ablation-8", ["learned", "fedavg"]),
            "users": ("leakage-users", ["learned"]),
+           "dac": ("decentnerf-lego-20", ["learned", "dac"]),
            "demo5": (None, ALL)}
 LEGO_RESULTS = {"main": "decentnerf-lego-20", "random": "decentnerf-lego-20-random",
-                "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users"}
+                "ablation": "decentnerf-ablation-8", "users": "decentnerf-leakage-users",
+                "dac": "dac-fed-lego20"}
 # demo5: the demo's crowd (built-in scene, 5 users in yaw slices, each with its own person): a quick check
 DEMO5 = dict(scene="builtin", users=5, personal="static")
 
