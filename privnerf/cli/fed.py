@@ -1,5 +1,5 @@
-"""``privnerf fed run --data CROWD --aggregator {learned,fedavg,fednerf,centralized,oracle} --rounds M --local-epochs G
---engine simulation|deployment [--insecure]``; every field of :class:`privnerf.fed.config.FedConfig` is a flag."""
+"""``privnerf fed run --data CROWD --aggregator {learned,fedavg,fednerf,centralized,oracle,dac} --rounds M
+--local-epochs G --engine simulation|deployment [--insecure]``; every field of :class:`privnerf.fed.config.FedConfig` is a flag."""
 
 from __future__ import annotations
 

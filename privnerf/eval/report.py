@@ -78,6 +78,8 @@ def _aggregation_kind(aggregator: str | None) -> str:
     if aggregator not in AGGREGATORS:
         return f"unknown aggregator {aggregator!r}"
     cfg = FedConfig(aggregator=aggregator)
+    if cfg.aggregator == "dac":
+        return "Flower SecAgg+, one sum per group of users (the server unmasks only group sums)"
     if cfg.secure:
         return "Flower SecAgg+ (the server unmasks only sums)"
     if cfg.one_trainer:

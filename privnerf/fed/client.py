@@ -9,7 +9,9 @@ Phases (``config["phase"]``):
     ``grad``  - ``dL_k/dg`` at the received aggregate and ``L_k`` (learned aggregation, rounds >= 2);
     ``train`` - alpha update (learned, from the summed gradient that follows the weights in ``parameters``),
                 local training, then ``alpha_k g_k`` and ``alpha_k`` (SecAgg+), or ``g_k`` in the clear
-                (``fednerf``, the baseline in which the server sees every update).
+                (``fednerf``, the baseline in which the server sees every update); with ``dac`` the parameters
+                are the user's group's expert and the sum runs over that group's nodes.
+The query ``sector`` (an ``evaluate`` message, :meth:`DecentClient.evaluate`) answers the DaC grouping.
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ class DecentClient(NumPyClient):
         arrays, clipped = scale_for_secagg(values, bounds)
         metrics["clipped"] = clipped
         return arrays, 1, metrics
+
+
+    def evaluate(self, parameters, config):
+        """A plain query outside SecAgg+: ``phase=sector`` (the DaC aggregator's grouping) answers with the
+        azimuth sector of this user's cameras out of ``groups`` (:func:`privnerf.fed.dac.scene_sector`), computed
+        here; the sector id is all that leaves the device."""
+        phase = str(config.get("phase", ""))
+        if phase != "sector":
+            raise ValueError(f"unknown query {phase!r}")
+        from privnerf.fed.dac import scene_sector
+
+        return 0.0, 1, {"sector": scene_sector(self.local.scene, int(config["groups"]))}
 
 
 def make_client_app(cfg: FedConfig | None = None, extra_mods: list | None = None) -> ClientApp:

@@ -9,12 +9,13 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Literal, Optional
 
+from privnerf.fed.dac import DacSettings
 from privnerf.fed.local import AlphaRule
 from privnerf.fed.secure import SecAggSettings
 from privnerf.fed.server_opt import ServerOptSettings
 from privnerf.train.config import TrainConfig
 
-AGGREGATORS = ("learned", "fedavg", "fednerf", "centralized", "oracle")
+AGGREGATORS = ("learned", "fedavg", "fednerf", "centralized", "oracle", "dac")
 
 
 def _default_train() -> TrainConfig:
@@ -39,12 +40,14 @@ def _default_train() -> TrainConfig:
 class FedConfig:
     data: str = ""
     """A crowd dataset (privnerf data crowd): nerfstudio transforms.json with per-frame user_id, test = clean views."""
-    aggregator: Literal["learned", "fedavg", "fednerf", "centralized", "oracle"] = "learned"
+    aggregator: Literal["learned", "fedavg", "fednerf", "centralized", "oracle", "dac"] = "learned"
     """learned = DecentNeRF; fedavg = DecentNeRF with pixel-count weights; fednerf = one field, FedAvg, the
     server sees each update; centralized = all photos on one trainer, same model (the issue's upper baseline);
     oracle = the crowd's person-free copies on one trainer, global field only (needs a crowd with clean/
     copies): a ceiling no real system reaches, since it needs the people removed perfectly, and the fair
-    upper baseline where centralized keeps the people (docs/decentnerf.md)."""
+    upper baseline where centralized keeps the people (docs/decentnerf.md); dac = users in azimuth groups, one
+    SecAgg+ sum per group (a group expert), the experts distilled into the global field on the server (DaC,
+    ``--dac.*``, docs/decentnerf.md "DaC as an aggregator")."""
     rounds: int = 10
     local_epochs: float = 1.0
     """Passes over a user's pixels per round (fractions allowed)."""
@@ -104,6 +107,8 @@ class FedConfig:
     """Batches of own rays for dL_k/dg (learned aggregation)."""
     alpha: AlphaRule = dc_field(default_factory=AlphaRule)
     secagg: SecAggSettings = dc_field(default_factory=SecAggSettings)
+    dac: DacSettings = dc_field(default_factory=DacSettings)
+    """The DaC aggregator's groups and distillation (``--aggregator dac`` only)."""
     server_opt: ServerOptSettings = dc_field(default_factory=ServerOptSettings)
     """The server's step on the aggregate (all federated aggregators; fednerf included, on the plain mean)."""
     eval_every: int = 1
@@ -123,8 +128,8 @@ class FedConfig:
     # What each aggregator is, asked in one place (the run, the deployment, the benchmarks ask these):
     @property
     def secure(self) -> bool:
-        """The server only unmasks SecAgg+ sums (learned, fedavg); needs at least two users."""
-        return self.aggregator in ("learned", "fedavg")
+        """The server only unmasks SecAgg+ sums (learned, fedavg; dac: one per group); needs at least two users."""
+        return self.aggregator in ("learned", "fedavg", "dac")
 
     @property
     def one_trainer(self) -> bool:

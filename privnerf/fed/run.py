@@ -79,6 +79,18 @@ def check_signature_keys(cfg: FedConfig) -> None:
         slots[key.slot] = k
 
 
+def check_dac_groups(cfg: FedConfig) -> dict[int, list[int]]:
+    """The DaC groups from every user's cameras (a simulation holds all the users here), so that a group below
+    ``--dac.min-group`` stops the run with its name before any round (the server refuses it too)."""
+    from privnerf.fed.dac import form_groups, scene_sector
+    from privnerf.fed.local import load_user_scene
+
+    cfg.dac.check()
+    users = user_ids(load_dataset(cfg.data, "train"))
+    return form_groups({k: scene_sector(load_user_scene(cfg.data, k), cfg.dac.groups) for k in users},
+                       cfg.dac.groups, cfg.dac.min_group)
+
+
 class Harness:
     """Builds the server's field and measures each round (the ``hooks`` of :class:`DecentServer`)."""
 
@@ -101,6 +113,24 @@ class Harness:
 
     def field(self):
         return self.reference.field
+
+    def server_scene(self, radius: float) -> Scene:
+        """The DaC server's imageless scene (:func:`privnerf.fed.dac.server_scene`): the model's box, scene type and
+        background, no image and no camera."""
+        from privnerf.fed.dac import server_scene
+
+        sc = self.eval_scene
+        return server_scene(sc.aabb, sc.background, sc.scene_type, radius)
+
+    def user_groups(self) -> dict[int, list[int]]:
+        """The experimenter's copy of the DaC grouping: each user's sector from its photos' cameras, the same
+        function its device runs (the server knows nodes, not users)."""
+        from privnerf.fed.dac import form_groups, scene_sector
+        from privnerf.fed.local import load_user_scene
+
+        d = self.cfg.dac
+        return form_groups({k: scene_sector(load_user_scene(self.cfg.data, k), d.groups) for k in self.users},
+                           d.groups, d.min_group)
 
     def settings(self, field) -> tuple[OccupancyGrid, RenderSettings]:
         """Occupancy and render settings for a global field (no personal part)."""
@@ -150,10 +180,31 @@ class Harness:
 
         return copy.deepcopy(self.reference.field)
 
-    def on_round(self, rnd: int, field, individual) -> dict[str, Any]:
+    def on_round(self, rnd: int, field, individual, experts: dict | None = None) -> dict[str, Any]:
         out = self.measure(rnd, field, individual, final=rnd == self.cfg.rounds)
         out.update(self._alpha_snapshot())
+        if experts is not None:
+            out.update(self.expert_leakage(experts))
         return out
+
+    def expert_leakage(self, experts: dict[int, list]) -> dict[str, Any]:
+        """DaC: the server holds each group's expert; each user's leakage is measured on its own group's expert
+        (the model that holds its update), then averaged per group."""
+        from privnerf.fed.messages import load_global
+
+        per_group: dict[str, float] = {}
+        for s, members in self.user_groups().items():
+            if s not in experts:
+                continue
+            f = self._scratch_field()
+            load_global(f, experts[s])
+            occ, st = self.settings(f)
+            vals = [personal_content_psnr(f, occ, st, self.train_scene, k, self.cfg.leakage_views)[0] for k in members]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                per_group[str(s)] = float(np.mean(vals))
+        return {"expert_leakage_psnr": per_group,
+                "expert_leakage_psnr_max": max(per_group.values()) if per_group else None}
 
     def _alpha_snapshot(self) -> dict[str, Any]:
         """The users' current alphas, read from their state files (the experimenter's view, for plots)."""
@@ -295,6 +346,8 @@ def run_federated(cfg: FedConfig, quiet: bool = False) -> dict[str, Any]:
             raise ValueError(f"--signature-keys is a federated user's mode; aggregator {cfg.aggregator!r} trains one "
                              "model (sign it with --train.ownership.key)")
         check_signature_keys(cfg)
+    if cfg.aggregator == "dac":
+        check_dac_groups(cfg)
     run_dir = prepare_run(cfg)
     if cfg.one_trainer:
         t0 = time.perf_counter()
@@ -349,6 +402,8 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
         "leakage_reference_psnr": harness.leakage_reference,
         "leakage_scene_psnr": last.get("leakage_scene_psnr"),
         "server_flops": total_server, "server_flops_detail": server_flops,
+        "expert_leakage_psnr": last.get("expert_leakage_psnr"),
+        "expert_leakage_psnr_max": last.get("expert_leakage_psnr_max"),
         "client_steps": steps, "client_train_time_s": sum(sum(h.get("client_train_time_s", [])) for h in hist),
         "bytes_up_per_client_per_round": last.get("bytes_up_per_client"),
         "bytes_down_per_client_per_round": last.get("bytes_down_per_client"),

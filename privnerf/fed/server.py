@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.app import ConfigRecord, Context
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.compat.app_utils import start_update_client_manager_thread
@@ -59,10 +59,29 @@ class RoundStrategy(FedAvg):
         self.fit_config: dict[str, Any] = {}
         self.results: list = []
         self.failures: list = []
+        self.only_nodes: set[int] | None = None
+        """When set, a phase goes to these nodes only (the DaC aggregator's per-group SecAgg+ sums: Flower's
+        ``SecAggPlusWorkflow`` takes its participants from :meth:`configure_fit`)."""
+        self.evaluate_config: dict[str, Any] = {}
+        self.eval_results: list = []
 
     def configure_fit(self, server_round, parameters, client_manager):
         pairs = super().configure_fit(server_round, parameters, client_manager)
+        if self.only_nodes is not None:
+            pairs = [(proxy, ins) for proxy, ins in pairs if int(proxy.node_id) in self.only_nodes]
         return [(proxy, FitIns(parameters, dict(self.fit_config))) for proxy, _ in pairs]
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        """A plain query to every node (only while ``evaluate_config`` is set: the DaC sector report)."""
+        if not self.evaluate_config:
+            return []
+        n = self.min_available_clients
+        return [(proxy, EvaluateIns(parameters, dict(self.evaluate_config)))
+                for proxy in client_manager.sample(num_clients=n, min_num_clients=n)]
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        self.eval_results = list(results)
+        return None, {}
 
     def aggregate_fit(self, server_round, results, failures):
         self.results, self.failures = list(results), list(failures)
@@ -83,6 +102,8 @@ class ServerState:
     history: list[dict[str, Any]] = field(default_factory=list)
     server_opt: dict[str, Any] | None = None
     """The server optimiser's moments (privnerf.fed.server_opt; None with ``--server-opt.kind none``)."""
+    dac: dict[str, Any] | None = None
+    """The DaC aggregator's experts and distillation step count (``--aggregator dac``)."""
 
 
 def arrays_digest(arrays: list[np.ndarray]) -> str:
@@ -104,6 +125,15 @@ class DecentServer:
         self.state = ServerState()
         self.flops = {"sum": 0.0, "unmask": 0.0, "normalise": 0.0, "dot": 0.0, "server_opt": 0.0}
         self.opt = ServerOptimizer(cfg.server_opt)
+        self.dac = None
+        if cfg.aggregator == "dac":
+            from privnerf.fed.dac import DacAggregator, server_scene
+
+            if hooks is None or not hasattr(hooks, "server_scene"):
+                raise ValueError("the DaC aggregator needs the render settings' scene (hooks.server_scene)")
+            self.dac = DacAggregator(cfg.dac, field_, hooks.server_scene(cfg.dac.radius), cfg.train, cfg.rounds,
+                                     cfg.seed)
+            self.flops["distill"] = 0.0
 
     # -- persistence ---------------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -112,6 +142,9 @@ class DecentServer:
         st = torch.load(self.state_path, map_location="cpu", weights_only=False)
         self.state = ServerState(**st)
         self.opt.load(self.state.server_opt)
+        if self.dac is not None:
+            self.dac.load(self.state.dac)
+            self.flops.update(self.state.history[-1].get("server_flops", {}) if self.state.history else {})
         self.field.grow_count.fill_(self.state.grow_count)
         messages.load_global(self.field, self.state.arrays)  # takes the saved (grown) grid shapes
         log.info("resumed after round %d, global weights %s", self.state.round,
@@ -122,6 +155,7 @@ class DecentServer:
         self.state.arrays = messages.global_arrays(self.field)
         self.state.grow_count = int(self.field.grow_count)
         self.state.server_opt = self.opt.state() if self.cfg.server_opt.kind != "none" else None
+        self.state.dac = self.dac.state() if self.dac is not None else None
         atomic_torch_save(self.state.__dict__, self.state_path)
         atomic_torch_save({"field": self.field.state_dict(), "round": self.state.round,
                            "digest": arrays_digest(self.state.arrays)}, self.run_dir / "server" / "global.pt")
@@ -136,6 +170,8 @@ class DecentServer:
             self.state.arrays = messages.global_arrays(self.field)
         with legacy_session(grid, context, cfg.num_users, cfg.rounds) as legacy:
             self.legacy = legacy
+            if self.dac is not None:
+                self.dac.connect(grid, legacy, cfg.num_users)
             for rnd in range(self.state.round + 1, cfg.rounds + 1):
                 self._round(grid, legacy.strategy, rnd)
 
@@ -176,7 +212,11 @@ class DecentServer:
         bytes_down += sum(a.nbytes for a in train_params[n_global:])
         config = {**base, "phase": "train", "alpha_sum": float(self.state.alpha_sum)}
         individual = None
-        if cfg.aggregator == "fednerf":
+        experts = None
+        if cfg.aggregator == "dac":
+            new, n, experts = self._dac_round(grid, rnd, g, config, info)
+            bytes_up += 8 * (sum(int(np.size(a)) for a in g) + int(np.prod(g[0].shape[:3])) + 1)  # one masked upload
+        elif cfg.aggregator == "fednerf":
             exchange(grid, self.legacy, rnd, train_params, config)
             new, individual, n = self._plain_mean(strategy, rnd)
             bytes_up += sum(a.nbytes for a in g)
@@ -231,7 +271,8 @@ class DecentServer:
         info["round_time_s"] = time.perf_counter() - t0
         info["global_digest"] = arrays_digest(messages.global_arrays(self.field))
         if self.hooks is not None:
-            info.update(self.hooks.on_round(rnd, self.field, individual) or {})
+            extra = {"experts": experts} if experts is not None else {}
+            info.update(self.hooks.on_round(rnd, self.field, individual, **extra) or {})
         # the round counts as completed once its weights, state and measurements are saved together; a server
         # killed before this line redoes the round from the previous round's weights
         self.state.history.append(info)
@@ -240,6 +281,44 @@ class DecentServer:
         if self.hooks is not None and hasattr(self.hooks, "record"):
             self.hooks.record(info)
         log.info("round %d done in %.1f s", rnd, info["round_time_s"])
+
+    def _dac_round(self, grid, rnd: int, g: list[np.ndarray], config: dict[str, Any], info: dict):
+        """DaC: one SecAgg+ sum per group (each group trains from its own expert), each group's coverage-weighted
+        mean its new expert, the experts distilled into the global field. Returns ``(new global arrays or None,
+        users summed, {group: expert arrays})``."""
+        from privnerf.fed.dac import group_sums
+
+        cfg, dac = self.cfg, self.dac
+        params, bounds = {}, {}
+        for s in dac.groups:
+            params[s] = dac.expert_arrays(s, g)
+            bounds[s] = messages.coverage_weighted_bounds(self.field, params[s])
+        config = {**config, "coverage": True, "coverage_weight": cfg.coverage_weight}
+        sums = group_sums(grid, self.legacy, rnd, dac.groups, params, config, bounds, cfg.secagg, cfg.dac.min_group,
+                          self.flops)
+        n_total, group_info = 0, {}
+        for s, (summed, n) in sums.items():
+            alpha_sum = float(summed[-1].ravel()[0])
+            if alpha_sum <= 0:
+                continue
+            gi: dict[str, Any] = {"users": n}
+            expert = self._normalise(params[s], summed, alpha_sum, True, gi)
+            try:
+                messages.check_arrays(self.field, expert, f"round {rnd} group {s} expert")
+            except ValueError as e:
+                log.error("%s; the group's expert is unchanged", e)
+                continue
+            dac.experts[s] = expert
+            n_total += n
+            group_info[str(s)] = gi
+        info["groups"] = group_info
+        info["group_users"] = {str(s): len(m) for s, m in dac.groups.items()}
+        if not dac.experts or not sums:
+            return None, 0, None
+        new, stats = dac.distill(g)
+        self.flops["distill"] += float(stats["flops"])
+        info["distill"] = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+        return new, n_total, {s: dac.expert_arrays(s, new) for s in dac.experts}
 
     def _normalise(self, g: list[np.ndarray], sums: list[np.ndarray], alpha_sum: float, coverage: bool,
                    info: dict) -> list[np.ndarray]:
