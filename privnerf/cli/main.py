@@ -1,5 +1,5 @@
 """``privnerf`` command line: ``train``, ``eval``, ``render``, ``export``, ``data``, ``fed``, ``split``, ``face``,
-``semantics``, ``ownership``, ``provenance``.
+``semantics``, ``ownership``, ``provenance``, ``sparse``.
 
 ``privnerf train`` takes every field of :class:`privnerf.train.config.TrainConfig` as a flag (nested ones
 as ``--field.grid.num-voxels``); ``privnerf train --help`` lists them.
@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         "semantics": ("JacobiNeRF: shape a run, propagate labels from clicks", "privnerf.cli.semantics"),
         "ownership": ("IPR-NeRF: keys, weight signatures, render watermarks", "privnerf.cli.ownership"),
         "provenance": ("ProvNeRF: where each point was seen from, uncertainty, contributors", "privnerf.cli.provenance"),
+        "sparse": ("train on a few views with HG3-NeRF guidance (sparse train)", "privnerf.cli.sparse"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: privnerf {train,eval,render,export,data,fed,split,face,semantics,ownership,provenance} [options]\n")
+        print("usage: privnerf {train,eval,render,export,data,fed,split,face,semantics,ownership,provenance,sparse} [options]\n")
         for name, (desc, _) in commands.items():
             print(f"  {name:10s} {desc}")
         if argv and argv[0] not in ("-h", "--help"):

@@ -32,8 +32,11 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("outputs") / cfg.experiment / cfg.field.kind / stamp
 
 
-def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
-    """Train (or resume), evaluate on ``cfg.eval_split``, write ``results.json``; returns the results."""
+def train_and_evaluate(cfg: TrainConfig, quiet: bool = False, make_trainer=None) -> dict:
+    """Train (or resume), evaluate on ``cfg.eval_split``, write ``results.json``; returns the results.
+
+    ``make_trainer(cfg, train_scene, run_dir) -> Trainer`` (optional) builds the trainer instead of
+    :class:`Trainer` (``privnerf sparse train``: a subset of the training views and HG3's guidance)."""
     threads = set_threads(cfg.threads)
     run_dir = Path(cfg.output) if cfg.output is not None else default_run_dir(cfg)
     ckpt = latest_checkpoint(run_dir)
@@ -42,7 +45,8 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False) -> dict:
     # everything that can refuse the input (data, field, the owner's key) comes before the run directory
     train_scene = load_split(cfg, "train")
     eval_scene = load_split(cfg, cfg.eval_split)
-    trainer = Trainer(cfg, train_scene, run_dir)
+    trainer = Trainer(cfg, train_scene, run_dir) if make_trainer is None else make_trainer(cfg, train_scene, run_dir)
+    train_scene = trainer.scene
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     if cfg.resume and ckpt is not None:

@@ -61,7 +61,6 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
                    settings: RenderSettings, jitter: bool = False) -> Samples:
     """The samples worth shading: marched through occupied space and, for fields with cheap density,
     culled to those whose rendering weight (without gradient) exceeds ``settings.weight_threshold``."""
-    n = origins.shape[0]
     if not settings.skip_empty:  # the occupancy grid stays all-occupied: uniform samples in the box
         return march(origins, dirs, settings.near, settings.far, field.space, occ, settings.step, jitter)
     s = march_culled(origins, dirs, settings.near, settings.far, field, occ, settings.step, jitter,
@@ -69,15 +68,23 @@ def select_samples(field: RadianceField, occ: OccupancyGrid, origins: torch.Tens
     if s is not None:
         return s
     s = march(origins, dirs, settings.near, settings.far, field.space, occ, settings.step, jitter)
-    if field.cheap_density and len(s) > 0:
-        with torch.no_grad():
-            pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
-            keep = torch.zeros(len(s), dtype=torch.bool, device=pts.device)
-            for sigma, floor in zip(field.branch_densities(pts), field.branch_weight_thresholds(), strict=True):
-                w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
-                keep |= w > max(settings.weight_threshold, floor)
-            s = s.select(keep)
-    return s
+    return cull_samples(field, origins, dirs, s, settings) if field.cheap_density else s
+
+
+def cull_samples(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor, s: Samples,
+                 settings: RenderSettings) -> Samples:
+    """The samples ``s`` whose rendering weight under the current density (no gradient) exceeds
+    ``settings.weight_threshold`` (or a branch's own floor) along ``(n, 3)`` rays."""
+    if len(s) == 0:
+        return s
+    n = origins.shape[0]
+    with torch.no_grad():
+        pts = origins[s.ray_idx] + s.t[:, None] * dirs[s.ray_idx]
+        keep = torch.zeros(len(s), dtype=torch.bool, device=pts.device)
+        for sigma, floor in zip(field.branch_densities(pts), field.branch_weight_thresholds(), strict=True):
+            w, _ = weights_from_density(sigma, s.delta, s.ray_idx, n)
+            keep |= w > max(settings.weight_threshold, floor)
+    return s.select(keep)
 
 
 def shade(field, origins, dirs, s: Samples, settings: RenderSettings, background=None,

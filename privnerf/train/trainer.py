@@ -359,7 +359,7 @@ class Trainer:
             use_distortion = self._uses_distortion()
             surface = isinstance(self.field, SurfaceField)
             sample_losses = use_distortion or o.rgb_per_sample_weight > 0 or surface
-            out = render_rays(self.field, self.occ, origins, dirs, settings, jitter=True, keep_samples=sample_losses)
+            out = self.render_batch(origins, dirs, settings, sample_losses)
             mse = torch.mean((out["rgb"] - target) ** 2)
             loss = mse
             if surface:
@@ -388,6 +388,13 @@ class Trainer:
             # by nature, and penalising that spread would push the people into the object
             loss = loss + self._distortion_term(out["weights_global"], out["samples"], settings, origins.shape[0])
         return loss, err.mean(), out
+
+    def render_batch(self, origins: torch.Tensor, dirs: torch.Tensor, settings: RenderSettings,
+                     keep_samples: bool) -> dict[str, torch.Tensor]:
+        """Render a training batch (without a personal field) for :meth:`compute_loss`: ``render_rays`` with
+        jitter. A subclass may choose the samples differently (HG3's depth-guided band sampling,
+        :class:`privnerf.sparse.guidance.HG3Trainer`); the loss terms stay the same."""
+        return render_rays(self.field, self.occ, origins, dirs, settings, jitter=True, keep_samples=keep_samples)
 
     def _surface_terms(self, out: dict, origins: torch.Tensor, dirs: torch.Tensor, settings,
                        target: torch.Tensor | None = None) -> torch.Tensor:
