@@ -106,6 +106,43 @@ def users_plot(rows: list[dict], out: Path) -> None:
     finish_plot(fig, ax, out, "users", "PSNR inside the personal masks (dB)", fontsize=7)
 
 
+def dac_plot(rows: list[dict], out: Path) -> None:
+    """Left: test PSNR per evaluated round of each arm (and DaC's routed experts, its distillation ceiling);
+    right: the leakage of what the server sees: learned's aggregate, DaC's global student and each group expert,
+    with the person-free reference."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for r in rows:
+        pts = [(h["round"], h["psnr"]) for h in r.get("per_round", []) if h.get("psnr") is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=r["aggregator"])
+        if r.get("experts_psnr") is not None and pts:
+            ax.plot([pts[-1][0]], [r["experts_psnr"]], "k*", ms=8, label="dac experts (routed, no distillation)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test PSNR (dB)")
+    ax.legend(fontsize=7)
+    names, vals = [], []
+    for r in rows:
+        names.append(f"{r['aggregator']} global")
+        vals.append(r.get("leakage_psnr"))
+        for g, v in sorted((r.get("expert_leakage_psnr") or {}).items()):
+            names.append(f"dac expert {g}")
+            vals.append(v)
+    bx.bar(range(len(vals)), [v or 0 for v in vals], color=["C0" if "expert" not in n else "C3" for n in names])
+    bx.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=7)
+    ref = next((r.get("leakage_reference_psnr") for r in rows if r.get("leakage_reference_psnr")), None)
+    if ref:
+        bx.axhline(ref, color="gray", ls="--", lw=1, label="person-free reference")
+    learned = next((r.get("leakage_psnr") for r in rows if r["aggregator"] == "learned"), None)
+    if learned:
+        bx.axhline(learned + 1, color="C2", ls=":", lw=1, label="learned + 1 dB (target bound)")
+    bx.set_ylabel("leakage PSNR (dB)")
+    bx.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def apply_sets(cfg: FedConfig, sets: list[str]) -> FedConfig:
     """``cfg`` with each ``KEY=VALUE`` of ``--set`` applied (dotted keys into the nested configs), rebuilt so every
     setting's own check runs. Raises ``ValueError`` naming the entry that is not a setting or not a valid value."""
@@ -239,9 +276,11 @@ def main() -> int:
                                              "leakage_reference_psnr", "leakage_scene_psnr",
                                              "server_flops", "client_training_flops", "client_steps",
                                              "client_train_time_s", "bytes_up_per_client_per_round", "users",
-                                             "run_dir")},
+                                             "server_flops_detail", "expert_leakage_psnr", "expert_leakage_psnr_max",
+                                             "experts_psnr", "run_dir")},
                    "per_round": [{k: h.get(k) for k in ("round", "psnr", "leakage_psnr", "leakage_scene_psnr", "alpha",
-                                                         "round_time_s")}
+                                                         "round_time_s", "expert_leakage_psnr", "group_users",
+                                                         "distill") if k in h}
                                  for h in rounds]}
             row["commit"], row["command"] = commit, command
             if finished:
@@ -264,6 +303,8 @@ def main() -> int:
         alpha_plots(runs, results / name)
     if a.study == "users":
         users_plot(merge(old, rows, preset, a), results / f"{name}.png")  # every variant's row
+    if a.study == "dac":
+        dac_plot(merge(old, rows, preset, a), results / f"{name}.png")
     print(f"-> {results / name}.json")
     return 0
 

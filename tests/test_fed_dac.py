@@ -168,7 +168,7 @@ def test_dac_run_end_to_end_sends_only_masked_sums_and_a_sector(crowd6, tmp_path
     run = tmp_path / "run"
     cfg = FedConfig(data=str(crowd6), aggregator="dac", rounds=2, local_epochs=0.25, output=run, eval_max_images=1,
                     leakage_views=1)
-    cfg.dac.groups, cfg.dac.steps, cfg.dac.batch_rays = 2, 8, 256
+    cfg.dac.groups, cfg.dac.steps, cfg.dac.final_steps, cfg.dac.batch_rays = 2, 8, 8, 256
     cfg.train.optim.batch_rays = 512
     cfg.train.field.grid.num_voxels_start = cfg.train.field.grid.max_voxels = 8000
     res = run_federated(cfg, quiet=True)
@@ -179,7 +179,7 @@ def test_dac_run_end_to_end_sends_only_masked_sums_and_a_sector(crowd6, tmp_path
         assert h["group_users"] == {"0": 3, "1": 3} and h["users"] == 6 and not h.get("rejected")
         assert set(h["groups"]) == {"0", "1"} and h["distill"]["steps"] == 8
         assert set(h["expert_leakage_psnr"]) == {"0", "1"}
-    for key in ("psnr", "leakage_psnr", "expert_leakage_psnr_max", "server_flops"):
+    for key in ("psnr", "leakage_psnr", "expert_leakage_psnr_max", "experts_psnr", "server_flops"):
         assert res[key] is not None and math.isfinite(res[key]), key
     assert res["server_flops_detail"]["distill"] > 0
     assert (run / "renders" / "global" / "round-002.png").exists()

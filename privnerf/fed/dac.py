@@ -66,7 +66,12 @@ class DacSettings:
     min_group: int = 3
     """Smallest group the server accepts (a secure sum of fewer users nearly reveals each update)."""
     steps: int = 150
-    """Distillation steps on the server per round (the student keeps its weights between rounds)."""
+    """Distillation steps on the server in a round that distils (the student keeps its weights between rounds)."""
+    final_steps: int = 600
+    """Distillation steps in the last round (DaC distils the finished experts; the earlier rounds' students,
+    which no client trains from, only warm-start it and show progress)."""
+    every: int = 1
+    """Distil every this many rounds (and in the last); other rounds keep the last student as the global model."""
     batch_rays: int = 4096
     """Server rays per distillation step."""
     radius: float = 1.6
@@ -82,8 +87,9 @@ class DacSettings:
             raise ValueError(f"--dac.groups must be >= 1, got {self.groups}")
         if self.min_group < 2:
             raise ValueError(f"--dac.min-group must be >= 2 (SecAgg+ needs two parties), got {self.min_group}")
-        if self.steps < 0 or self.batch_rays < 1:
-            raise ValueError(f"--dac.steps must be >= 0 and --dac.batch-rays >= 1, got {self.steps}, {self.batch_rays}")
+        if self.steps < 0 or self.final_steps < 0 or self.batch_rays < 1 or self.every < 1:
+            raise ValueError(f"--dac.steps and --dac.final-steps must be >= 0, --dac.batch-rays and --dac.every >= 1; "
+                             f"got {self.steps}, {self.final_steps}, {self.batch_rays}, {self.every}")
         if not self.radius > 1.0:
             raise ValueError(f"--dac.radius must be > 1 (origins outside the box), got {self.radius}")
         if not -90.0 <= self.elevation_min <= self.elevation_max <= 90.0:
@@ -234,14 +240,22 @@ class DacAggregator:
         tc.field.grid.shrink_at_growth = 0
         tc.optim.lr_density *= settings.lr_scale
         tc.optim.lr_features *= settings.lr_scale
-        tc.steps = max(1, rounds * settings.steps)
+        # the learning rate decays over every distillation step of the run
+        tc.steps = max(1, sum(self.steps_in(r, rounds) for r in range(1, rounds + 1)))
         tc.max_time = None
         tc.seed = seed
         self.train_cfg = tc
+        self.rounds = rounds
         self.student = None
         self.groups: dict[int, list[int]] = {}
         self.experts: dict[int, list[np.ndarray]] = {}
         self.distill_steps = 0
+
+    def steps_in(self, rnd: int, rounds: int) -> int:
+        """Distillation steps in round ``rnd`` of ``rounds``."""
+        if rnd == rounds:
+            return self.s.final_steps
+        return self.s.steps if rnd % self.s.every == 0 else 0
 
     # -- groups (every run start: node ids change when the federation restarts) ---------------------
     def connect(self, grid, legacy, num_users: int) -> dict[int, list[int]]:
@@ -285,8 +299,9 @@ class DacAggregator:
         t.occ.update(t.occupancy_density, t.occ_step, r.occ_threshold)
         return t
 
-    def distill(self, g: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, Any]]:
-        """Distil the current experts into a student that starts at ``g``; returns its arrays and the stats."""
+    def distill(self, g: list[np.ndarray], steps: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Distil the current experts into a student that starts at ``g`` for ``steps`` steps; returns its arrays
+        and the stats."""
         from privnerf.dac.distill import DistillConfig, Teacher, distill
         from privnerf.render.occupancy import occupancy_of
 
@@ -301,7 +316,7 @@ class DacAggregator:
         rays = sphere_rays(t.field.space.box, routing_table(present, self.s.groups), self.s.radius,
                            self.s.elevation_min, self.s.elevation_max)
         t0 = time.perf_counter()
-        stats = distill(t, teachers, rays, DistillConfig(steps=self.s.steps, batch_rays=self.s.batch_rays), quiet=True)
+        stats = distill(t, teachers, rays, DistillConfig(steps=steps, batch_rays=self.s.batch_rays), quiet=True)
         stats = dict(stats)
         stats.setdefault("time_s", time.perf_counter() - t0)
         self.distill_steps = t.step_count

@@ -185,7 +185,32 @@ class Harness:
         out.update(self._alpha_snapshot())
         if experts is not None:
             out.update(self.expert_leakage(experts))
+            if rnd == self.cfg.rounds:
+                out["experts_psnr"] = self.experts_psnr(experts)
         return out
+
+    def experts_psnr(self, experts: dict[int, list]) -> float | None:
+        """DaC's ceiling for the distilled student: the test views each rendered by the expert that answers
+        their camera's sector (the server's routing rule, :func:`privnerf.fed.dac.routing_table`), mean PSNR
+        over the same views the global model is scored on."""
+        from privnerf.fed.dac import routing_table, scene_sector
+        from privnerf.fed.messages import load_global
+
+        sc, d = self.eval_scene, self.cfg.dac
+        n = sc.num_views if self.cfg.eval_max_images is None else min(self.cfg.eval_max_images, sc.num_views)
+        present = sorted(experts)
+        table = routing_table(present, d.groups)
+        by_expert: dict[int, list[int]] = {}
+        for i in range(n):
+            by_expert.setdefault(int(table[scene_sector(sc.subset([i]), d.groups)]), []).append(i)
+        scores = []
+        for e, views in by_expert.items():
+            f = self._scratch_field()
+            load_global(f, experts[present[e]])
+            occ, st = self.settings(f)
+            r = evaluate_split(f, occ, st, sc.subset(views), with_lpips=False, quiet=True)
+            scores += [row["psnr"] for row in r["per_image"]]
+        return float(np.mean(scores)) if scores else None
 
     def expert_leakage(self, experts: dict[int, list]) -> dict[str, Any]:
         """DaC: the server holds each group's expert; each user's leakage is measured on its own group's expert
@@ -404,6 +429,7 @@ def _summarise(cfg: FedConfig, harness: Harness, hist: list[dict], server_flops:
         "server_flops": total_server, "server_flops_detail": server_flops,
         "expert_leakage_psnr": last.get("expert_leakage_psnr"),
         "expert_leakage_psnr_max": last.get("expert_leakage_psnr_max"),
+        "experts_psnr": last.get("experts_psnr"),
         "client_steps": steps, "client_train_time_s": sum(sum(h.get("client_train_time_s", [])) for h in hist),
         "bytes_up_per_client_per_round": last.get("bytes_up_per_client"),
         "bytes_down_per_client_per_round": last.get("bytes_down_per_client"),

@@ -315,7 +315,10 @@ class DecentServer:
         info["group_users"] = {str(s): len(m) for s, m in dac.groups.items()}
         if not dac.experts or not sums:
             return None, 0, None
-        new, stats = dac.distill(g)
+        steps = dac.steps_in(rnd, cfg.rounds)
+        if steps == 0:  # no distillation this round: the global model stays the last student
+            return [a.copy() for a in g], n_total, {s: dac.expert_arrays(s, g) for s in dac.experts}
+        new, stats = dac.distill(g, steps)
         self.flops["distill"] += float(stats["flops"])
         info["distill"] = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         return new, n_total, {s: dac.expert_arrays(s, new) for s in dac.experts}
