@@ -40,16 +40,20 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False, make_trainer=None)
     threads = set_threads(cfg.threads)
     run_dir = Path(cfg.output) if cfg.output is not None else default_run_dir(cfg)
     ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not cfg.resume:
+    if (ckpt is not None or (run_dir / "dac.json").exists()) and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
     # everything that can refuse the input (data, field, the owner's key) comes before the run directory
     train_scene = load_split(cfg, "train")
     eval_scene = load_split(cfg, cfg.eval_split)
     trainer = Trainer(cfg, train_scene, run_dir) if make_trainer is None else make_trainer(cfg, train_scene, run_dir)
     train_scene = trainer.scene
+    if cfg.method == "dac":
+        from privnerf.dac.pipeline import check_dac
+
+        check_dac(cfg, train_scene)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    if cfg.resume and ckpt is not None:
+    if cfg.resume and ckpt is not None and cfg.method == "plain":
         trainer.load_checkpoint(ckpt)
         print(f"resumed from {ckpt} at step {trainer.step_count} ({trainer.train_time:.0f}s trained)")
 
@@ -60,7 +64,13 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False, make_trainer=None)
                            with_lpips=False, chunk=cfg.render.chunk, quiet=True)
         return {"psnr": r["psnr"], "ssim": r["ssim"]}
 
-    trainer.train(eval_fn=curve_point if cfg.eval_every_s else None, quiet=quiet)
+    dac = None
+    if cfg.method == "dac":  # experts, distillation, fine-tuning; the student is the run's model
+        from privnerf.dac.pipeline import run_dac
+
+        trainer, dac = run_dac(cfg, train_scene, run_dir, curve_point if cfg.eval_every_s else None, quiet)
+    else:
+        trainer.train(eval_fn=curve_point if cfg.eval_every_s else None, quiet=quiet)
     t0 = time.perf_counter()
     metrics = evaluate_split(trainer.field, trainer.occ, trainer.settings(inference=True), eval_scene,
                              out_dir=run_dir / "renders" / cfg.eval_split, max_images=cfg.eval_max_images,
@@ -74,7 +84,7 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False, make_trainer=None)
         "num_images": metrics["num_images"],
         "split": cfg.eval_split,
         "steps": trainer.step_count,
-        "train_time_s": trainer.train_time,
+        "train_time_s": trainer.train_time if dac is None else dac["total_time_s"],
         "eval_time_s": eval_time,
         "render_time_per_image_s": metrics["render_time_per_image_s"],
         "rays_per_s": stats.get("rays_per_s"),
@@ -88,7 +98,10 @@ def train_and_evaluate(cfg: TrainConfig, quiet: bool = False, make_trainer=None)
         "timeline": trainer.timeline,
         "curve_images": cfg.eval_curve_images,
         "per_image": metrics["per_image"],
+        "method": cfg.method,
     }
+    if dac is not None:
+        results["dac"] = dac
     if cfg.render_video:
         from privnerf.cli.render import render_video
 

@@ -7,6 +7,7 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Literal, Optional
 
+from privnerf.dac.config import DacConfig
 from privnerf.fields import FieldConfig
 from privnerf.fields.personal_field import PersonalFieldConfig
 
@@ -78,6 +79,9 @@ class OwnershipConfig:
 class TrainConfig:
     data: str = "builtin"
     """Dataset: 'builtin', a Blender/nerfstudio/LLFF directory, or a tiny-NeRF .npz."""
+    method: Literal["plain", "dac"] = "plain"
+    """``plain``: one model; ``dac``: divide and conquer (experts per view group, distilled into one student,
+    fine-tuned; ``--dac.*``, privnerf.dac). The budget (steps/time) is the total over all phases."""
     output: Optional[Path] = None
     """Run directory (default outputs/<experiment>/<field>/<timestamp>)."""
     experiment: str = "default"
@@ -107,6 +111,7 @@ class TrainConfig:
     render: RenderConfig = dc_field(default_factory=RenderConfig)
     optim: OptimConfig = dc_field(default_factory=OptimConfig)
     ownership: OwnershipConfig = dc_field(default_factory=OwnershipConfig)
+    dac: DacConfig = dc_field(default_factory=DacConfig)
 
 
 def config_from_dict(d: dict) -> TrainConfig:
