@@ -38,7 +38,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -79,6 +79,12 @@ class DacSettings:
     elevation_min: float = 0.0
     """Lowest origin elevation in degrees (the server's prior: photos are taken from above the ground)."""
     elevation_max: float = 90.0
+    start: Literal["expert", "global"] = "expert"
+    """What a group trains from each round: its own expert (DaC: experts trained apart, the student distilled
+    from them) or the global model (each round's experts are one round of group training from the student)."""
+    init: Literal["student", "mean"] = "student"
+    """Where each distillation starts: the last student, or the mean of the experts (with ``start global``, every
+    user's coverage-weighted mean, as learned/fedavg aggregate; the sum of the group sums)."""
     lr_scale: float = 1.0
     """The student's grid learning rates are ``--train.optim.lr-density/-features`` times this."""
 
@@ -255,6 +261,8 @@ class DacAggregator:
         """Distillation steps in round ``rnd`` of ``rounds``."""
         if rnd == rounds:
             return self.s.final_steps
+        if self.s.start == "global":  # the groups train from the student: it must follow every round
+            return self.s.steps
         return self.s.steps if rnd % self.s.every == 0 else 0
 
     # -- groups (every run start: node ids change when the federation restarts) ---------------------

@@ -291,16 +291,19 @@ class DecentServer:
         cfg, dac = self.cfg, self.dac
         params, bounds = {}, {}
         for s in dac.groups:
-            params[s] = dac.expert_arrays(s, g)
+            params[s] = dac.expert_arrays(s, g) if cfg.dac.start == "expert" else [a.copy() for a in g]
             bounds[s] = messages.coverage_weighted_bounds(self.field, params[s])
         config = {**config, "coverage": True, "coverage_weight": cfg.coverage_weight}
         sums = group_sums(grid, self.legacy, rnd, dac.groups, params, config, bounds, cfg.secagg, cfg.dac.min_group,
                           self.flops)
         n_total, group_info = 0, {}
+        total: list[np.ndarray] | None = None  # every group's sum added: all users' sum (nothing new to the server)
         for s, (summed, n) in sums.items():
             alpha_sum = float(summed[-1].ravel()[0])
             if alpha_sum <= 0:
                 continue
+            if cfg.dac.start == "global":  # the same start for every group, so their sums add up
+                total = summed if total is None else [a + b for a, b in zip(total, summed)]
             gi: dict[str, Any] = {"users": n}
             expert = self._normalise(params[s], summed, alpha_sum, True, gi)
             try:
@@ -318,7 +321,13 @@ class DecentServer:
         steps = dac.steps_in(rnd, cfg.rounds)
         if steps == 0:  # no distillation this round: the global model stays the last student
             return [a.copy() for a in g], n_total, {s: dac.expert_arrays(s, g) for s in dac.experts}
-        new, stats = dac.distill(g, steps)
+        start = g
+        if cfg.dac.init == "mean" and total is not None:
+            start = self._normalise(g, total, float(total[-1].ravel()[0]), True, {})
+        elif cfg.dac.init == "mean":  # experts trained from their own starts: the plain mean of the experts
+            ex = [dac.expert_arrays(s, g) for s in sorted(dac.experts)]
+            start = [np.mean([e[j] for e in ex], axis=0).astype(np.float32) for j in range(len(g))]
+        new, stats = dac.distill(start, steps)
         self.flops["distill"] += float(stats["flops"])
         info["distill"] = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         return new, n_total, {s: dac.expert_arrays(s, new) for s in dac.experts}
