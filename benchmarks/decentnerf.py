@@ -183,11 +183,25 @@ def merge(old: dict | None, rows: list[dict], preset: str | None, a: argparse.Na
                                               order.index(r["aggregator"]) if r["aggregator"] in order else len(order)))
 
 
+def centralized_reference(results: Path) -> dict | None:
+    """The centralized row of ``decentnerf-lego-20.json`` (same crowd, rounds and local epochs: all photos on the
+    server, which then does all the training), for the DaC study's server FLOPs beside centralized's."""
+    path = results / "decentnerf-lego-20.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    row = next((r for r in d["rows"] if r["aggregator"] == "centralized"), None)
+    if row is None:
+        return None
+    return {"file": path.name, "rounds": d.get("rounds"), "local_epochs": d.get("local_epochs"),
+            **{k: row.get(k) for k in ("psnr", "server_flops", "client_steps", "wall_s", "commit", "command")}}
+
+
 def write_results(target: Path, rows: list[dict], started: str, commit: str, command: str,
-                  a: argparse.Namespace) -> None:
+                  a: argparse.Namespace, extra: dict | None = None) -> None:
     atomic_write_text(target, json.dumps({
         "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-        "command": command, "rounds": a.rounds, "local_epochs": a.local_epochs, "rows": rows},
+        "command": command, "rounds": a.rounds, "local_epochs": a.local_epochs, "rows": rows, **(extra or {})},
         indent=2, default=str) + "\n")
 
 
@@ -298,7 +312,10 @@ def main() -> int:
             print(f"{variant or '':10s} {agg:12s} PSNR {res['psnr']:.2f}  leakage {res['leakage_psnr']:.2f}  "
                   f"server FLOPs {res['server_flops']:.3g}  ({row['wall_s'] or 0:.0f} s)", flush=True)
             # after every run, so an interrupted benchmark keeps what it finished
-            write_results(target, merge(old, rows, preset, a), started, commit, command, a)
+            extra = None
+            if a.study == "dac" and a.scene == "lego":
+                extra = {"centralized_reference": centralized_reference(results)}
+            write_results(target, merge(old, rows, preset, a), started, commit, command, a, extra)
     if a.study == "ablation":
         alpha_plots(runs, results / name)
     if a.study == "users":

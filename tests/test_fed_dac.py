@@ -189,19 +189,16 @@ def test_dac_run_end_to_end_sends_only_masked_sums_and_a_sector(crowd6, tmp_path
     assert sorted(st["dac"]["experts"]) == [0, 1]
 
     # what left the clients: the sector id once per node (an evaluate reply), and masked int64 vectors
+    from privnerf.privacy.message_audit import read_audit
+
     sectors, masked = [], 0
-    for f in audit.glob("node-*.jsonl"):
-        for line in f.read_text().splitlines():
-            c = json.loads(line).get("content")
-            if c is None:
-                continue
-            assert all(len(rec) == 0 for rec in c["arrays"].values()), "arrays left a client in the clear"
-            for name, rec in c["configs"].items():
-                if name == "evaluateres.metrics":
-                    assert set(rec) == {"sector"}, rec
-                    sectors.append(rec["sector"]["value"])
-                elif name == "secaggplus_configs" and Key.MASKED_PARAMETERS in rec:
-                    assert all(i["array"]["dtype"] == "int64" for i in rec[Key.MASKED_PARAMETERS]["items"])
-                    masked += 1
+    for c in read_audit(audit):  # raises if any array left a client in the clear
+        for name, rec in c["configs"].items():
+            if name == "evaluateres.metrics":
+                assert set(rec) == {"sector"}, rec
+                sectors.append(rec["sector"]["value"])
+            elif name == "secaggplus_configs" and Key.MASKED_PARAMETERS in rec:
+                assert all(i["array"]["dtype"] == "int64" for i in rec[Key.MASKED_PARAMETERS]["items"])
+                masked += 1
     assert sorted(sectors) == [0, 0, 0, 1, 1, 1]
     assert masked == 6 * 2  # one masked upload per user per round: its group's sum

@@ -65,3 +65,17 @@ def audit_mod(msg, ctxt, call_next):
         with open(Path(folder) / f"node-{entry['node']}.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
     return reply
+
+
+def read_audit(folder: Path | str):
+    """Every recorded reply's described content (``describe``), over all nodes' files in ``folder``; replies
+    without content are skipped. Raises ``AssertionError`` if any reply carried arrays in the clear (a record
+    of ``arrays`` that is not empty): with SecAgg+ every array leaves masked, inside ``configs``."""
+    for f in sorted(Path(folder).glob("node-*.jsonl")):
+        for line in f.read_text().splitlines():
+            c = json.loads(line).get("content")
+            if c is None:
+                continue
+            if any(len(rec) for rec in c["arrays"].values()):
+                raise AssertionError(f"{f.name}: arrays left a client in the clear")
+            yield c
