@@ -18,7 +18,7 @@ confirmed in a third view; fern the shipped COLMAP model's points whose tracks h
 
 Results: ``benchmarks/results/sparse-lego8.json`` / ``sparse-fern3.json`` (every arm, the commit of each, the
 machine, the command) and a PNG of one test view (GT | plain | hg3 | ...). A rerun skips arms already in the
-file with the same ``--seconds`` (``--fresh`` starts over).
+file with the same budget (``--fresh`` starts over). ``--steps N``: equal steps instead of equal time.
 
 Usage (2026-12-07): ``flock /tmp/privnerf-heavy.lock .venv/bin/python benchmarks/sparse.py --scene lego
 --seconds 240`` (about 5 minutes an arm on 2 cores).
@@ -66,6 +66,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scene", choices=sorted(SCENES), required=True)
     p.add_argument("--seconds", type=float, default=240.0, help="training wall clock per arm")
+    p.add_argument("--steps", type=int, default=None, help="equal steps per arm instead of equal wall clock "
+                   "(robust to other jobs on the machine; the times are still recorded)")
     p.add_argument("--arms", default="plain,hg3", help=f"comma-separated, from {','.join(ARMS)}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--tag", default="", help="write <name>-TAG.json instead (trial settings)")
@@ -94,11 +96,12 @@ def main() -> int:
     results = ROOT / "benchmarks" / "results" / f"{name}.json"
     png = results.with_suffix(".png")
     doc = {} if a.fresh or not results.exists() else json.loads(results.read_text())
-    if doc.get("seconds") not in (None, a.seconds):
-        raise SystemExit(f"{results} holds {doc['seconds']} s arms; pass --fresh to replace it")
+    budget = {"steps": a.steps} if a.steps else {"seconds": a.seconds}
+    if doc.get("budget") not in (None, budget):
+        raise SystemExit(f"{results} holds arms of another budget {doc['budget']}; pass --fresh to replace it")
     eval_views = a.eval_views if a.eval_views is not None else sc["eval"]
     doc.update({"study": "HG3-NeRF sparse-view guidance vs the plain engine (issue 30 item 3)", "scene": a.scene,
-                "data": str(sc["data"]), "num_views": sc["views"], "seconds": a.seconds, "machine": machine(),
+                "data": str(sc["data"]), "num_views": sc["views"], "budget": budget, "machine": machine(),
                 "eval_views": eval_views if eval_views is not None else "all (LLFF hold-out: photos 0, 8, 16)",
                 "semantic_features": "AlexNet conv features of the LPIPS weights (privnerf.eval.lpips), not CLIP",
                 "target": "hg3 >= plain + 2 dB test PSNR at <= 1.5x its time",
@@ -119,7 +122,8 @@ def main() -> int:
         if out.exists():
             shutil.rmtree(out)
         hg3 = HG3Config(**{**(overrides if arm != "plain" else {}), **ARMS[arm]})
-        cfg = SparseTrainConfig(data=str(sc["data"]), output=out, max_time=a.seconds, steps=10**9, device=a.device,
+        cfg = SparseTrainConfig(data=str(sc["data"]), output=out, max_time=None if a.steps else a.seconds,
+                                steps=a.steps or 10**9, device=a.device,
                                 background=sc["background"], eval_max_images=eval_views, threads=2,
                                 num_views=sc["views"], hg3=hg3, checkpoint_every_s=10**6)
         record: dict = {}
@@ -174,8 +178,9 @@ def figure(doc: dict, out_root: Path, png: Path) -> None:
             ax.imshow(np.asarray(Image.open(path)))
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{doc['scene']}, {doc['num_views']} training views, {doc['seconds']:.0f} s per arm: test view "
-                 f"{view.stem}", fontsize=9)
+    b = doc["budget"]
+    per = f"{b['steps']} steps" if "steps" in b else f"{b['seconds']:.0f} s"
+    fig.suptitle(f"{doc['scene']}, {doc['num_views']} training views, {per} per arm: test view {view.stem}", fontsize=9)
     fig.tight_layout()
     tmp = png.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
