@@ -122,7 +122,7 @@ def test_pixel_free_scene_refuses_reads_but_keeps_cameras():
 @pytest.fixture(scope="module")
 def teacher_and_scene():
     scene = load_scene(DATA, "train")
-    cfg = tiny_cfg(steps=150)
+    cfg = tiny_cfg(steps=100)
     t = Trainer(cfg, scene)
     t.train(quiet=True)
     return t, scene
@@ -145,12 +145,13 @@ def test_distillation_matches_the_teacher_without_reading_pixels(teacher_and_sce
     student = Trainer(tiny_cfg(steps=200), pixel_free(scene))
     before = student_vs_teacher_psnr(student, teacher, scene)
     owner = np.zeros(scene.num_views, np.int64)
-    stats = distill(student, [teacher], camera_rays(scene, owner), DistillConfig(steps=120, batch_rays=512))
+    stats = distill(student, [teacher], camera_rays(scene, owner), DistillConfig(steps=40, batch_rays=512))
     after = student_vs_teacher_psnr(student, teacher, scene)
-    assert stats["steps"] == 120 and student.step_count == 120 and student.train_time == pytest.approx(stats["time_s"])
+    assert stats["steps"] == 40 and student.step_count == 40 and student.train_time == pytest.approx(stats["time_s"])
     assert {"loss_ray_rgb", "loss_pts_rgb", "loss_pts_alpha", "loss_hist"} <= set(stats) and stats["flops"] > 0
+    # measured (2026-12-07): 10.6 dB before, 26.1 after 40 steps, 32.0 after 60
     assert after > before + 8, (before, after)
-    assert after > 22, after
+    assert after > 21, after
 
 
 def test_distill_routes_rays_to_their_owners_teacher(teacher_and_scene):
@@ -161,7 +162,7 @@ def test_distill_routes_rays_to_their_owners_teacher(teacher_and_scene):
     student = Trainer(tiny_cfg(steps=200), scene)
     # every ray is routed to teacher 1 (the trained expert); teacher 0 is never asked
     distill(student, [Teacher.from_trainer(blank), Teacher.from_trainer(expert)],
-            lambda n, g: (*rays(n, g)[:2], torch.ones(n, dtype=torch.long)), DistillConfig(steps=80, batch_rays=512))
+            lambda n, g: (*rays(n, g)[:2], torch.ones(n, dtype=torch.long)), DistillConfig(steps=40, batch_rays=512))
     assert student_vs_teacher_psnr(student, Teacher.from_trainer(expert), scene) > 20
     with pytest.raises(ValueError, match="teacher 2"):
         distill(student, [Teacher.from_trainer(blank)] * 2,
@@ -177,7 +178,7 @@ def test_dac_cli_end_to_end_then_resume_after_a_kill(tmp_path, monkeypatch):
     from privnerf.train.trainer import trainer_from_checkpoint
 
     out = tmp_path / "run"
-    cfg = tiny_cfg(steps=240, output=out, method="dac")
+    cfg = tiny_cfg(steps=70, output=out, method="dac")
     cfg.dac.groups = 2
 
     def killed(*a, **k):
@@ -198,16 +199,16 @@ def test_dac_cli_end_to_end_then_resume_after_a_kill(tmp_path, monkeypatch):
     # experts were loaded, not retrained
     assert [(out / "experts" / k / "checkpoints" / "last.pt").stat().st_mtime_ns for k in "01"] == stamps
     ph = res["dac"]["phases"]
-    assert [ph["experts"][k]["steps"] for k in "01"] == [60, 60]  # 240 * 0.5 / 2
-    assert ph["distill"]["steps"] == 60 and ph["finetune"]["steps"] == 60
+    assert [ph["experts"][k]["steps"] for k in "01"] == [20, 20]  # 70 * 4/7 / 2
+    assert ph["distill"]["steps"] == 10 and ph["finetune"]["steps"] == 20  # 1/7 and 2/7 of 70
     assert ph["experts"]["0"]["views"] + ph["experts"]["1"]["views"] == 16
-    assert res["method"] == "dac" and res["steps"] == 120 and math.isfinite(res["psnr"])
+    assert res["method"] == "dac" and res["steps"] == 30 and math.isfinite(res["psnr"])
     assert res["train_time_s"] == pytest.approx(sum(p["time_s"] for p in ph["experts"].values())
                                                 + ph["distill"]["time_s"] + ph["finetune"]["time_s"])
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["dac"]["groups"] == res["dac"]["groups"]
     student = trainer_from_checkpoint(out)  # what privnerf eval / render read
-    assert student.step_count == 120
+    assert student.step_count == 30
 
 
 def test_dac_cli_refuses_bad_options_before_writing(tmp_path):

@@ -21,8 +21,12 @@ class DacConfig:
     grouping: Literal["sector", "similarity"] = "sector"
     """``sector``: DaC's azimuth sectors; ``similarity``: Louvain on a view-similarity graph (privnerf.dac.grouping)."""
     warm_share: float = 0.0
-    expert_share: float = 0.5
-    distill_share: float = 0.25
+    """Share of the budget for a shared all-view model that every expert starts from (branch-train-merge)."""
+    expert_share: float = 4 / 7
+    """Share of the budget for all experts together (each gets ``expert_share / groups``). The defaults 4/7,
+    1/7 (distillation) and 2/7 (fine-tuning, the rest) are the proportions of DaC's released script
+    (4 experts x 30k steps, 30k distillation steps, 60k fine-tuning steps)."""
+    distill_share: float = 1 / 7
     points: bool = True
     """Distil with the per-sample colour, opacity and histogram losses; off: ray colour only (ablation)."""
     distill_batch_rays: int = 4096

@@ -147,3 +147,15 @@ def owner_of(groups: list[list[int]], num_views: int) -> np.ndarray:
     if (owner < 0).any():
         raise ValueError(f"views {np.flatnonzero(owner < 0).tolist()} belong to no group")
     return owner
+
+
+def assign_views(scene: Scene, groups: list[list[int]], other: Scene) -> list[list[int]]:
+    """Views of ``other`` (e.g. the test split) given to the group of their most similar view of ``scene``
+    (:func:`view_similarity` across the two sets): ``len(groups)`` lists, possibly empty."""
+    both = Scene(images=[np.zeros((1, 1, 3), np.float32)] * (scene.num_views + other.num_views),
+                 c2w=np.concatenate([scene.c2w, other.c2w]),
+                 intrinsics=np.concatenate([scene.intrinsics, other.intrinsics]), near=scene.near, far=scene.far,
+                 aabb=scene.aabb, scene_type=scene.scene_type)
+    sim = view_similarity(both)[scene.num_views:, :scene.num_views]
+    owner = owner_of(groups, scene.num_views)[np.argmax(sim, axis=1)]
+    return [np.flatnonzero(owner == g).tolist() for g in range(len(groups))]
