@@ -177,6 +177,7 @@ def test_dac_run_end_to_end_sends_only_masked_sums_and_a_sector(crowd6, tmp_path
     assert [h["round"] for h in rounds] == [1, 2]
     for h in rounds:
         assert h["group_users"] == {"0": 3, "1": 3} and h["users"] == 6 and not h.get("rejected")
+        assert len(h["local_steps"]) == 6 and min(h["local_steps"]) > 0  # every group's clients are recorded
         assert set(h["groups"]) == {"0", "1"} and h["distill"]["steps"] == 8
         assert set(h["expert_leakage_psnr"]) == {"0", "1"}
     for key in ("psnr", "leakage_psnr", "expert_leakage_psnr_max", "experts_psnr", "server_flops"):

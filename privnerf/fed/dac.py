@@ -11,12 +11,14 @@ one user's update:
    ``evaluate`` message, outside SecAgg+). The server groups the users by sector; a group with fewer than
    ``min_group`` users is refused (:func:`form_groups`), as a sum of so few updates nearly reveals each.
    Empty sectors have no expert: their rays go to the nearest sector that has one (:func:`routing_table`).
-2. **Experts.** Each round, each group trains from its own expert (the group's last mean) and the server
-   gets one SecAgg+ sum per group, over that group's nodes only (``RoundStrategy.only_nodes`` narrows
-   Flower's ``SecAggPlusWorkflow`` sampling); the group's coverage-weighted mean is its new expert.
+2. **Experts.** Each round, each group trains from the global model (``--dac.start global``, the default;
+   ``expert``: from its own last expert, DaC's independent experts) and the server gets one SecAgg+ sum per
+   group, over that group's nodes only (``RoundStrategy.only_nodes`` narrows Flower's ``SecAggPlusWorkflow``
+   sampling); the group's coverage-weighted mean is its expert.
 3. **Distillation.** The server renders rays from points on a sphere around the box looking at random
    points inside it (:func:`sphere_rays`), each ray answered by the expert of the sector that holds its
-   origin's azimuth, and distils the experts into the global field with the four DaC losses
+   origin's azimuth, and distils the experts into the global field (starting from the experts' mean, the sum
+   of the group sums, ``--dac.init mean``) with the four DaC losses
    (:func:`privnerf.dac.distill.distill`) through a server-side :class:`~privnerf.train.trainer.Trainer`
    whose scene has no images and no cameras. No user camera or pixel is used.
 
@@ -65,9 +67,9 @@ class DacSettings:
     """K azimuth sectors (DaC's sector rule); users are grouped by the sector of their cameras."""
     min_group: int = 3
     """Smallest group the server accepts (a secure sum of fewer users nearly reveals each update)."""
-    steps: int = 150
+    steps: int = 100
     """Distillation steps on the server in a round that distils (the student keeps its weights between rounds)."""
-    final_steps: int = 600
+    final_steps: int = 300
     """Distillation steps in the last round (DaC distils the finished experts; the earlier rounds' students,
     which no client trains from, only warm-start it and show progress)."""
     every: int = 1
@@ -79,10 +81,10 @@ class DacSettings:
     elevation_min: float = 0.0
     """Lowest origin elevation in degrees (the server's prior: photos are taken from above the ground)."""
     elevation_max: float = 90.0
-    start: Literal["expert", "global"] = "expert"
+    start: Literal["expert", "global"] = "global"
     """What a group trains from each round: its own expert (DaC: experts trained apart, the student distilled
     from them) or the global model (each round's experts are one round of group training from the student)."""
-    init: Literal["student", "mean"] = "student"
+    init: Literal["student", "mean"] = "mean"
     """Where each distillation starts: the last student, or the mean of the experts (with ``start global``, every
     user's coverage-weighted mean, as learned/fedavg aggregate; the sum of the group sums)."""
     lr_scale: float = 1.0
@@ -372,11 +374,14 @@ def group_sums(grid, legacy, rnd: int, groups: Mapping[int, list[int]], paramete
 
     out = {}
     strategy = legacy.strategy
+    results, failures = [], []
     try:
         for s, nodes in groups.items():
             strategy.only_nodes = set(int(n) for n in nodes)
             cfg = {**config, "group": int(s), "bounds": messages.encode_bounds(bounds[s])}
             res = secure_sum(grid, legacy, rnd, parameters[s], cfg, bounds[s], secagg, flops)
+            results += strategy.results
+            failures += strategy.failures
             if res is None:
                 continue
             if res[1] < min_group:
@@ -386,6 +391,8 @@ def group_sums(grid, legacy, rnd: int, groups: Mapping[int, list[int]], paramete
             out[s] = res
     finally:
         strategy.only_nodes = None
+        # every group's replies (their metrics: steps, time, samples) for the round's record, as one sum leaves them
+        strategy.results, strategy.failures = results, failures
     return out
 
 

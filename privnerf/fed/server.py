@@ -283,8 +283,9 @@ class DecentServer:
         log.info("round %d done in %.1f s", rnd, info["round_time_s"])
 
     def _dac_round(self, grid, rnd: int, g: list[np.ndarray], config: dict[str, Any], info: dict):
-        """DaC: one SecAgg+ sum per group (each group trains from its own expert), each group's coverage-weighted
-        mean its new expert, the experts distilled into the global field. Returns ``(new global arrays or None,
+        """DaC: one SecAgg+ sum per group (each group trains from the global model, or its own expert with
+        ``--dac.start expert``), each group's coverage-weighted mean its expert, the experts distilled into the
+        global field (from their mean with ``--dac.init mean``). Returns ``(new global arrays or None,
         users summed, {group: expert arrays})``."""
         from privnerf.fed.dac import group_sums
 
