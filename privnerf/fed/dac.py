@@ -68,12 +68,12 @@ class DacSettings:
     min_group: int = 3
     """Smallest group the server accepts (a secure sum of fewer users nearly reveals each update)."""
     steps: int = 100
-    """Distillation steps on the server in a round that distils (the student keeps its weights between rounds)."""
+    """Distillation steps on the server each round (with ``start expert``: in each round that distils)."""
     final_steps: int = 300
-    """Distillation steps in the last round (DaC distils the finished experts; the earlier rounds' students,
-    which no client trains from, only warm-start it and show progress)."""
+    """Distillation steps in the last round: the global model the run ends with."""
     every: int = 1
-    """Distil every this many rounds (and in the last); other rounds keep the last student as the global model."""
+    """``start expert`` only: distil every this many rounds (and in the last); no client trains from the
+    students in between, which only warm-start the last distillation and show progress."""
     batch_rays: int = 4096
     """Server rays per distillation step."""
     radius: float = 1.6
