@@ -5,8 +5,9 @@ Arms, one after another in one process (same machine state), each the full ``pri
 * ``baseline``: one grid model (``--method plain``) trained ``--seconds`` T on every training view.
 * ``dac``: ``--method dac`` with K groups (DaC's azimuth sectors) and the same total T: experts share 4/7 of
   T (one after another), distillation 1/7, fine-tuning 2/7 (the proportions of DaC's released script).
-* optional (``--arms``): ``dac-warm`` (branch-train-merge: a shared all-view model for a fifth of T that
-  every expert starts from; experts 2/5, distillation 3/20, fine-tuning 1/4), ``dac-rays`` (ray-colour
+* optional (``--arms``): ``dac-btm`` (branch-train-merge: a shared all-view model trained for half of T is
+  the start of every expert (1/10 of T each, K = 4) and of the student; distillation 1/10, fine-tuning 1/5),
+  ``dac-rays`` (ray-colour
   distillation only: the ablation of the point and histogram losses), ``dac-similarity`` (Louvain groups).
 
 Every arm is scored on the same views: lego 400 (white background) on the first 20 test views; fern on the
@@ -43,7 +44,7 @@ SCENES = {
 ARMS = {
     "baseline": {},
     "dac": {},
-    "dac-warm": dict(warm_share=0.2, expert_share=0.4, distill_share=0.15),
+    "dac-btm": dict(warm_share=0.5, expert_share=0.2, distill_share=0.1, student_from_warm=True),
     "dac-rays": dict(points=False),
     "dac-similarity": dict(grouping="similarity"),
 }
@@ -163,7 +164,7 @@ def main() -> int:
         if "dac" in res:
             d = res["dac"]
             row["settings"] = {k: getattr(cfg.dac, k) for k in ("grouping", "warm_share", "expert_share",
-                                                                 "distill_share", "points")}
+                                                                 "distill_share", "points", "student_from_warm")}
             row["groups"] = d["groups"]
             row["phases"] = d["phases"]
             row["experts"] = expert_scores(run, load_split(cfg, "train"), load_split(cfg, cfg.eval_split),

@@ -211,6 +211,22 @@ def test_dac_cli_end_to_end_then_resume_after_a_kill(tmp_path, monkeypatch):
     assert student.step_count == 30
 
 
+def test_branch_train_merge_budget(tmp_path):
+    from privnerf.dac.pipeline import run_dac
+
+    cfg = tiny_cfg(steps=70)
+    cfg.dac.groups, cfg.dac.warm_share, cfg.dac.expert_share, cfg.dac.distill_share = 2, 0.5, 0.2, 0.1
+    cfg.dac.student_from_warm = True
+    student, state = run_dac(cfg, load_scene(DATA, "train"), tmp_path / "btm", quiet=True)
+    ph = state["phases"]
+    # 35 shared steps, then 7 per expert, 7 distilling and 14 fine-tuning on top of the shared 35
+    assert ph["warm"]["steps"] == 35 and [e["steps"] for e in ph["experts"].values()] == [7, 7]
+    assert ph["distill"]["steps"] == 7 and ph["finetune"]["steps"] == 14 and student.step_count == 35 + 7 + 14
+    assert state["total_time_s"] == pytest.approx(ph["warm"]["time_s"] + ph["distill"]["time_s"]
+                                                  + ph["finetune"]["time_s"]
+                                                  + sum(e["time_s"] for e in ph["experts"].values()))
+
+
 def test_dac_cli_refuses_bad_options_before_writing(tmp_path):
     from privnerf.cli.train import train_and_evaluate
 

@@ -27,6 +27,9 @@ class DacConfig:
     1/7 (distillation) and 2/7 (fine-tuning, the rest) are the proportions of DaC's released script
     (4 experts x 30k steps, 30k distillation steps, 60k fine-tuning steps)."""
     distill_share: float = 1 / 7
+    student_from_warm: bool = False
+    """With ``warm_share > 0``: the student starts from the shared all-view model too (branch-train-merge,
+    then distil the branches back into the trunk) instead of from scratch (DaC)."""
     points: bool = True
     """Distil with the per-sample colour, opacity and histogram losses; off: ray colour only (ablation)."""
     distill_batch_rays: int = 4096

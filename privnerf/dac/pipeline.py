@@ -140,14 +140,20 @@ def run_dac(cfg: TrainConfig, scene: Scene, run_dir: Path, eval_fn: Callable | N
     teachers = [Teacher.from_trainer(trainer_from_checkpoint(run_dir / "experts" / str(k), cfg.device))
                 for k in range(len(groups))]
 
-    student = Trainer(_with_budget(cfg, budgets["distill"], budgets["finetune"]), scene, run_dir)
+    warm_student = d.student_from_warm and start is not None
+    parts = [budgets["warm"]] if warm_student else []
+    student = Trainer(_with_budget(cfg, *parts, budgets["distill"], budgets["finetune"]), scene, run_dir)
+    # the student's clock and step count before distillation (a warm-started student carries the warm model's)
+    s_t0, s_s0 = (start["train_time"], start["step"]) if warm_student else (0.0, 0)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         student.load_checkpoint(ckpt)
+    elif warm_student:
+        student.load_state(start)
     if "distill" not in phases:
         b = budgets["distill"]
-        dcfg = DistillConfig(steps=b["steps"] - student.step_count,
-                             max_time=None if b["max_time"] is None else b["max_time"] - student.train_time,
+        dcfg = DistillConfig(steps=b["steps"] - (student.step_count - s_s0),
+                             max_time=None if b["max_time"] is None else b["max_time"] - (student.train_time - s_t0),
                              batch_rays=d.distill_batch_rays, w_hist=d.w_hist if d.points else 0.0,
                              w_pts_rgb=d.w_pts_rgb if d.points else 0.0,
                              w_pts_alpha=d.w_pts_alpha if d.points else 0.0, w_ray_rgb=d.w_ray_rgb,
@@ -156,10 +162,10 @@ def run_dac(cfg: TrainConfig, scene: Scene, run_dir: Path, eval_fn: Callable | N
             print(f"[dac] distilling {len(teachers)} experts into the student")
         stats = distill(student, teachers, camera_rays(scene, owner), dcfg, quiet=quiet)
         student.save_checkpoint()
-        phases["distill"] = {**stats, "time_s": student.train_time, "steps": student.step_count}
+        phases["distill"] = {**stats, "time_s": student.train_time - s_t0, "steps": student.step_count - s_s0}
         _save_state(run_dir, state)
     del teachers
-    t0, s0 = phases["distill"]["time_s"], phases["distill"]["steps"]
+    t0, s0 = s_t0 + phases["distill"]["time_s"], s_s0 + phases["distill"]["steps"]
     if not quiet:
         print("[dac] fine-tuning the student on every training view")
     student.train(eval_fn=eval_fn, quiet=quiet)
