@@ -6,7 +6,7 @@ Arms, one after another in one process (same machine state), each the full ``pri
 * ``dac``: ``--method dac`` with K groups (DaC's azimuth sectors) and the same total T: experts share 4/7 of
   T (one after another), distillation 1/7, fine-tuning 2/7 (the proportions of DaC's released script).
 * optional (``--arms``): ``dac-btm`` (branch-train-merge: a shared all-view model trained for half of T is
-  the start of every expert (1/10 of T each, K = 4) and of the student; distillation 1/10, fine-tuning 1/5),
+  the start of every expert (1/20 of T each with K = 4) and of the student; distillation 1/10, fine-tuning 1/5),
   ``dac-rays`` (ray-colour
   distillation only: the ablation of the point and histogram losses), ``dac-similarity`` (Louvain groups).
 
