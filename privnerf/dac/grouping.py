@@ -33,6 +33,15 @@ def sector_centres(k: int) -> np.ndarray:
     return (180.0 + 360.0 * np.arange(k)) / k
 
 
+def sector_of(azimuth_deg, k: int):
+    """Sector index in ``0..k-1`` of azimuths in degrees (scalar or array): the sector whose centre
+    (:func:`sector_centres`) is nearest, i.e. DaC's largest dot product; sector ``i`` spans
+    ``[360 i / k, 360 (i + 1) / k)``. ``sector_of(100, 4) == 1``; ``sector_of(-10, 4) == 3``. One rule for
+    the centralized groups and the federated aggregator's (:mod:`privnerf.fed.dac`)."""
+    a = np.mod(np.asarray(azimuth_deg, dtype=np.float64), 360.0)
+    return np.minimum((a * k / 360.0).astype(np.int64), k - 1)
+
+
 def plane_coords(scene: Scene) -> np.ndarray:
     """Camera positions ``(n, 2)`` in the plane the sectors divide (see the module docstring)."""
     pos = scene.c2w[:, :3, 3].astype(np.float64)
@@ -52,10 +61,7 @@ def sector_groups(scene: Scene, k: int) -> list[list[int]]:
     """Views grouped by azimuth sector: ``k`` lists of view indices (ascending)."""
     check_k(scene.num_views, k)
     xy = plane_coords(scene)
-    ang = np.deg2rad(sector_centres(k))
-    centres = np.stack([np.cos(ang), np.sin(ang)], axis=1)
-    unit = xy / np.maximum(np.linalg.norm(xy, axis=1, keepdims=True), 1e-12)
-    label = np.argmax(unit @ centres.T, axis=1)
+    label = sector_of(np.degrees(np.arctan2(xy[:, 1], xy[:, 0])), k)
     return finish(label, k, "sector")
 
 

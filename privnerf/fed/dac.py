@@ -45,6 +45,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 import torch
 
+from privnerf.dac.grouping import sector_of
 from privnerf.data.scene import Scene
 from privnerf.fed import messages
 
@@ -106,14 +107,6 @@ class DacSettings:
 
 
 # -- groups -------------------------------------------------------------------------------------------------
-
-
-def sector_of(azimuth_deg, groups: int):
-    """Sector index in ``0..groups-1`` of azimuths in degrees (scalar or array): sector ``i`` spans
-    ``[360 i / K, 360 (i + 1) / K)``, i.e. the sector whose centre ``(2i + 1) 180 / K`` is nearest (DaC's
-    largest dot product). ``sector_of(100, 4) == 1``; ``sector_of(-10, 4) == 3``."""
-    a = np.mod(np.asarray(azimuth_deg, dtype=np.float64), 360.0)
-    return np.minimum((a * groups / 360.0).astype(np.int64), groups - 1)
 
 
 def camera_sector(c2w: np.ndarray, centre: np.ndarray, groups: int) -> int:
