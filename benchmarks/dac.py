@@ -148,6 +148,11 @@ def main() -> int:
 
     for arm, row in doc["arms"].items():
         if "groups" in row and not row.get("experts_per_group"):  # experts scored by an older rule: rescore
+            if not all((out / arm / "experts" / str(k) / "checkpoints" / "last.pt").exists()
+                       for k in range(len(row["groups"]))):
+                print(f"{arm}: its experts' checkpoints are not under {out / arm} (another checkout's run); "
+                      "its expert scores stay as recorded", flush=True)
+                continue
             cfg = grid_config(str(s["data"]), seconds, out / arm, background=s["background"])
             row["experts"] = expert_scores(out / arm, load_split(cfg, "train"), load_split(cfg, "test"), row["groups"])
             row["experts_per_group"] = PER_EXPERT
