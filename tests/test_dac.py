@@ -237,4 +237,7 @@ def test_dac_cli_refuses_bad_options_before_writing(tmp_path):
     cfg.dac.groups, cfg.dac.distill_share = 2, 0.7
     with pytest.raises(ValueError, match="add up to"):
         train_and_evaluate(cfg, quiet=True)
+    cfg.dac.distill_share, cfg.dac.student_from_warm = 1 / 7, True
+    with pytest.raises(ValueError, match="student-from-warm needs --dac.warm-share"):
+        train_and_evaluate(cfg, quiet=True)
     assert not (tmp_path / "bad").exists()

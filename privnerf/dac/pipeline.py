@@ -90,6 +90,8 @@ def check_dac(cfg: TrainConfig, scene: Scene) -> tuple[dict[str, dict[str, Any]]
     ``--dac`` option (K < 1, K > views, an empty group, shares out of range)."""
     if cfg.personal.enabled:
         raise ValueError("--method dac does not support --personal.enabled (a personal field per photo)")
+    if cfg.dac.student_from_warm and cfg.dac.warm_share <= 0:
+        raise ValueError("--dac.student-from-warm needs --dac.warm-share > 0 (a shared model to start from)")
     budgets = phase_budgets(cfg)
     groups = group_views(scene, cfg.dac.groups, cfg.dac.grouping, cfg.seed)
     return budgets, groups
